@@ -1,0 +1,61 @@
+"""Shared pytest fixtures.
+
+Triton kernels run on the CPU under the interpreter: TRITON_INTERPRET=1 is set here before
+anything imports triton, unless the caller set it (a GPU run sets TRITON_INTERPRET=0).
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_TOKENIZERS = REPO.parent / "shared" / "data" / "tokenizers"
+
+
+def _tokenizer(name: str) -> Path:
+    path = SHARED_TOKENIZERS / name
+    if not path.exists():
+        pytest.skip(f"official tokenizer {name} not found at {path} (needs ../shared beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sp1024_path() -> Path:
+    """Path of the official 1024-piece SentencePiece model (skips with a reason when absent)."""
+    return _tokenizer("fineweb_1024_bpe.model")
+
+
+@pytest.fixture(scope="session")
+def sp8192_path() -> Path:
+    """Path of the official 8192-piece SentencePiece model (skips with a reason when absent)."""
+    return _tokenizer("fineweb_8192_bpe.model")
+
+
+@pytest.fixture(autouse=True)
+def poison_empty(monkeypatch):
+    """Fill every tensor made by ``torch.empty``/``empty_like`` with NaN (ints: -1 / max).
+
+    A kernel that forgets to write an element then fails its comparison instead of passing
+    on whatever the allocator happened to hold.
+    """
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def fill(t):
+        if t.is_floating_point() or t.is_complex():
+            t.fill_(float("nan"))
+        elif t.dtype == torch.bool:
+            t.fill_(True)
+        elif t.numel():
+            t.fill_(-1 if t.is_signed() else torch.iinfo(t.dtype).max)
+        return t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(real_empty_like(*a, **k)))
+
+
+def requires_cuda():
+    return pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
