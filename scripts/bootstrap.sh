@@ -14,11 +14,7 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # A CPU build of torch unless one is already there (an unpinned torch pulls CUDA wheels).
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-    if [ -n "${PGOLF_TORCH_SPEC:-}" ]; then
-        "$VENV/bin/python" -m pip install -q "$PGOLF_TORCH_SPEC"
-    elif ! "$VENV/bin/python" -m pip install -q "torch==2.13.0" 2>/dev/null; then
-        "$VENV/bin/python" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
-    fi
+    "$VENV/bin/python" -m pip install -q "${PGOLF_TORCH_SPEC:-torch==2.13.0}"
 fi
 "$VENV/bin/python" -m pip install -q -e ".[test]"
 echo "$want" > "$stamp"
