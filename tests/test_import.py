@@ -18,8 +18,7 @@ for pkg_name in ("pgolf", "triton_kernels"):
         importlib.import_module(info.name)
         mods.append(info.name)
 print(json.dumps({"cuda_initialized": torch.cuda.is_initialized(), "modules": mods,
-                  "env_changed": sorted(k for k in os.environ if os.environ.get(k) != before_env.get(k)),
-                  "triton_imported": "triton" in sys.modules}))
+                  "env_changed": sorted(k for k in os.environ if os.environ.get(k) != before_env.get(k))}))
 """
 
 

@@ -1,0 +1,82 @@
+"""What a run tells people: official-style log lines, a JSONL metrics file, a loss-curve PNG and
+``submission.json``. Only rank 0 writes; other ranks get a silent logger."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+class RunLog:
+    """Prints lines (rank 0) and appends them to ``run_dir/train.log``; metrics go to
+    ``run_dir/metrics.jsonl`` as one JSON object per event."""
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True, echo: bool = True):
+        self.run_dir = Path(run_dir)
+        self.enabled, self.echo = enabled, echo
+        if enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.run_dir / "train.log"
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    def line(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        if self.echo:
+            print(msg, flush=True)
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(msg + "\n")
+
+    def metric(self, event: str, **values: Any) -> None:
+        if not self.enabled:
+            return
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"event": event, "time": time.time(), **values}) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, *, title: str = "") -> Path | None:
+    """Draw train loss (nats) and validation bpb against step into ``png_path``.
+
+    Returns the path, or None when matplotlib is missing or there is nothing to draw.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = read_metrics(metrics_path)
+    train = [(r["step"], r["train_loss"]) for r in rows if r["event"] == "train"]
+    val = [(r["step"], r["val_bpb"]) for r in rows if r["event"] == "val"]
+    if not train and not val:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss (nats/token)", color="tab:blue")
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss (nats/token)")
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val), "o-", label="val bpb", color="tab:red")
+        ax2.set_ylabel("val bpb (bits/byte)")
+        ax2.legend(loc="upper center")
+    ax.legend(loc="upper right")
+    ax.set_title(title or "pgolf training")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return Path(png_path)
+
+
+def write_submission(path: str | Path, fields: dict[str, Any]) -> None:
+    """``submission.json`` in the official shape (name, val_loss, val_bpb, bytes_total,
+    bytes_code, ...), with measured values only."""
+    Path(path).write_text(json.dumps(fields, indent=2) + "\n")
