@@ -66,18 +66,20 @@ def _import(name: str) -> ModuleType | None:
         return None
 
 
-def _docstrings(module: ModuleType) -> Iterator[str | None]:
+def _docstrings(module: ModuleType) -> list[str | None]:
     """The module docstring, then public members defined in the module, in name order."""
-    yield module.__doc__
-    for name, obj in sorted(vars(module).items()):
-        if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
-            continue
-        yield getattr(obj, "__doc__", None)
-        if inspect.isclass(obj):
-            for attr, member in sorted(vars(obj).items()):
-                if not attr.startswith("_") and (callable(member) or isinstance(
-                        member, (property, classmethod, staticmethod))):
-                    yield getattr(member, "__doc__", None)
+    docs = [module.__doc__]
+    with warnings.catch_warnings():  # touching deprecated aliases (typing.io) warns
+        warnings.simplefilter("ignore")
+        for name, obj in sorted(vars(module).items()):
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            docs.append(getattr(obj, "__doc__", None))
+            if inspect.isclass(obj):
+                docs.extend(getattr(member, "__doc__", None) for attr, member in sorted(vars(obj).items())
+                            if not attr.startswith("_") and (callable(member) or isinstance(
+                                member, (property, classmethod, staticmethod))))
+    return docs
 
 
 def _source(module: ModuleType) -> str | None:
