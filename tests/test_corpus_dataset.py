@@ -2,12 +2,14 @@
 import argparse
 import io
 import json
+import platform
+from pathlib import Path
 
 import numpy as np
 import pytest
 import sentencepiece as spm
 
-from pgolf import dataset
+from pgolf import corpus, dataset
 from pgolf.corpus import corpus_sha256, iter_documents
 from pgolf.dataset import (DataError, add_arguments, build_dataset, build_embedded_dataset, read_documents,
                            read_manifest, run, val_doc_count)
@@ -32,11 +34,21 @@ def embedded(tmp_path_factory):
 def test_corpus_is_deterministic_and_large(docs):
     from pydoc_data.topics import topics
 
-    assert docs == list(iter_documents())
     assert docs[:len(topics)] == [topics[k] for k in sorted(topics)]
     assert all(isinstance(d, str) and d.strip() for d in docs)
     assert sum(len(d.encode("utf-8")) for d in docs) > 3_000_000
     assert corpus_sha256(docs) == corpus_sha256(iter(docs)) != corpus_sha256(docs[1:])
+
+
+def test_corpus_matches_golden_for_this_python():
+    """Same CPython version, same documents: pinned across processes and machines (and with torch,
+    which patches some stdlib functions, already imported by conftest, and pytest, which
+    replaces sys.unraisablehook)."""
+    golden = json.loads((Path(__file__).parent / "golden" / "embedded_corpus_sha256.json").read_text())
+    version = platform.python_version()
+    if version not in golden:
+        pytest.skip(f"no golden embedded-corpus hash for Python {version}; add corpus_sha256(iter_documents())")
+    assert corpus_sha256(corpus._generate()) == golden[version]
 
 
 def test_val_doc_count_rule():
