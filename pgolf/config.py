@@ -106,6 +106,9 @@ class TrainConfig:
     val_max_tokens: int = 0
     train_log_every: int = 200
     compile: bool = False
+    # Which implementation the accelerated ops use (Muon's Newton-Schulz, QAT's fake-quant
+    # linear): "auto" (Triton on CUDA or under TRITON_INTERPRET=1), "triton" or "torch".
+    kernels: str = "auto"
     device: str = "auto"
     checkpoint_every: int = 0
     run_dir: str = "runs/latest"
@@ -227,6 +230,8 @@ class RunConfig:
             raise ConfigError(f"quant.codec must be zlib, zstd or rans, got {q.codec!r}")
         if q.qat_surrogate not in ("ste", "softround"):
             raise ConfigError(f"quant.qat_surrogate must be ste or softround, got {q.qat_surrogate!r}")
+        if t.kernels not in ("auto", "triton", "torch"):
+            raise ConfigError(f"train.kernels must be auto, triton or torch, got {t.kernels!r}")
         if q.qat_start_frac >= 1.0:
             raise ConfigError(f"quant.qat_start_frac must be < 1 (negative disables QAT), got {q.qat_start_frac}")
         parse_policy(q.policy)

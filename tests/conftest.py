@@ -13,7 +13,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_TOKENIZERS = REPO.parent / "shared" / "data" / "tokenizers"
+# ../shared beside the checkout (CI), or beside any parent folder (a git worktree elsewhere).
+SHARED_TOKENIZERS = next((p / "shared" / "data" / "tokenizers" for p in REPO.parents
+                          if (p / "shared" / "data" / "tokenizers").is_dir()),
+                         REPO.parent / "shared" / "data" / "tokenizers")
 
 
 def _tokenizer(name: str) -> Path:
