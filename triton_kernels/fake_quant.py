@@ -245,42 +245,41 @@ def fq_row_scales_triton(w: torch.Tensor, *, bits: int, rule: str, sigma: float 
     scale = torch.empty(w.shape[0], dtype=torch.float16, device=w.device)
     block = min(1024, triton.next_power_of_2(w.shape[1])) if w.is_cuda else 16
     k._fq_row_scales_kernel[(w.shape[0],)](w, scale, w.shape[1], w.stride(0), float(sigma),
-                          QMAX=qmax, SIGMA_RULE=rule == "sigma", BLOCK=block)
+                                           QMAX=qmax, SIGMA_RULE=rule == "sigma", BLOCK=block)
     return scale
+
+
+def _wq_matmul(a: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, *, bits: int, active: torch.Tensor,
+               transposed: bool) -> torch.Tensor:
+    """``a @ fq(W)^T`` (forward, ``transposed``) or ``a @ fq(W)`` (dx), W quantised in registers."""
+    qmax = qmax_for(bits)
+    name = "x" if transposed else "dy"
+    _check_operands(a, weight, scale, active, x_name=name)
+    inner, outer = (1, 0) if transposed else (0, 1)
+    (M, K), N = a.shape, weight.shape[outer]
+    if weight.shape[inner] != K:
+        raise ValueError(f"{name} has {K} features but weight is {tuple(weight.shape)} (out, in)")
+    triton, k = _kernels()
+    cfg = _tile_config(a)
+    out = torch.empty((M, N), dtype=a.dtype, device=a.device)
+    kernel, n_block = (k._fq_linear_fwd_kernel, "BN") if transposed else (k._fq_linear_dx_kernel, "BK")
+    grid = (triton.cdiv(M, cfg["BM"]), triton.cdiv(N, cfg[n_block]))
+    dims = (M, N, K) if transposed else (M, K, N)  # kernels take (tokens, out features, in features)
+    kernel[grid](a, weight, scale, active, out, *dims, a.stride(0), weight.stride(0), out.stride(0),
+                 QMAX=qmax, PREC=_precision(a), **cfg)
+    return out
 
 
 def fq_linear_fwd_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, *, bits: int,
                          active: torch.Tensor) -> torch.Tensor:
     """``y = x @ where(active, fq(W), W)^T`` for 2-D contiguous ``x`` (M, K), ``W`` (N, K)."""
-    qmax = qmax_for(bits)
-    _check_operands(x, weight, scale, active)
-    (M, K), N = x.shape, weight.shape[0]
-    if weight.shape[1] != K:
-        raise ValueError(f"x has {K} features but weight is {tuple(weight.shape)} (out, in)")
-    triton, k = _kernels()
-    cfg = _tile_config(x)
-    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(M, cfg["BM"]), triton.cdiv(N, cfg["BN"]))
-    k._fq_linear_fwd_kernel[grid](x, weight, scale, active, y, M, N, K, x.stride(0), weight.stride(0), y.stride(0),
-              QMAX=qmax, PREC=_precision(x), **cfg)
-    return y
+    return _wq_matmul(x, weight, scale, bits=bits, active=active, transposed=True)
 
 
 def fq_linear_dx_triton(dy: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, *, bits: int,
                         active: torch.Tensor) -> torch.Tensor:
     """``dx = dy @ where(active, fq(W), W)`` for 2-D contiguous ``dy`` (M, N), ``W`` (N, K)."""
-    qmax = qmax_for(bits)
-    _check_operands(dy, weight, scale, active, x_name="dy")
-    (M, N), K = dy.shape, weight.shape[1]
-    if weight.shape[0] != N:
-        raise ValueError(f"dy has {N} features but weight is {tuple(weight.shape)} (out, in)")
-    triton, k = _kernels()
-    cfg = _tile_config(dy)
-    dx = torch.empty((M, K), dtype=dy.dtype, device=dy.device)
-    grid = (triton.cdiv(M, cfg["BM"]), triton.cdiv(K, cfg["BK"]))
-    k._fq_linear_dx_kernel[grid](dy, weight, scale, active, dx, M, N, K, dy.stride(0), weight.stride(0), dx.stride(0),
-              QMAX=qmax, PREC=_precision(dy), **cfg)
-    return dx
+    return _wq_matmul(dy, weight, scale, bits=bits, active=active, transposed=False)
 
 
 def fq_linear_dw_triton(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, *,
@@ -317,8 +316,8 @@ def fq_linear_dw_triton(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
         out = torch.empty((split_m, N, K), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(N, cfg["BN"]), triton.cdiv(K, cfg["BK"]), split_m)
     k._fq_linear_dw_kernel[grid](dy, x, weight, scale, active, temperature, out, M, N, K, m_per_split,
-              dy.stride(0), x.stride(0), weight.stride(0), out.stride(0), out.stride(1),
-              QMAX=qmax, SOFT=surrogate == "softround", PREC=_precision(x), **cfg)
+                                 dy.stride(0), x.stride(0), weight.stride(0), out.stride(0), out.stride(1),
+                                 QMAX=qmax, SOFT=surrogate == "softround", PREC=_precision(x), **cfg)
     return out[0] if split_m == 1 else out.sum(dim=0).to(weight.dtype)
 
 
