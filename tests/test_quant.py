@@ -1,0 +1,145 @@
+"""The quantiser's math, the export policy, and the QAT == export identity."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pgolf.config import QuantConfig
+from pgolf.layers import CastedLinear
+from pgolf.qat import enable_qat, set_qat_state
+from pgolf.qtensor import QTensor
+from pgolf.quant import dequantize_state_dict, plan, quantize_state_dict, quantize_tensor
+from triton_kernels import fake_quant as fq
+
+RULE_KW = dict(percentile=99.0, sigma=2.5)
+
+
+def _weight(rows=24, cols=33, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * 0.05
+    w[2, 3], w[9, 0] = 0.8, -0.6
+    w[5] = 0.0
+    return w
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("rule", fq.RULES)
+def test_fake_quant_equals_quantize_dequantize(bits, rule):
+    w = _weight()
+    q = quantize_tensor(w, bits=bits, rule=rule, impl="torch", **RULE_KW)
+    scale = fq.row_scales_reference(w, bits=bits, rule=rule, **RULE_KW)
+    assert torch.equal(q.scale, scale) and q.codes.dtype == torch.int8 and q.bits == bits
+    assert q.codes.abs().max() <= fq.qmax_for(bits)
+    assert torch.equal(fq.fake_quant_reference(w, scale, bits), q.dequantize())  # atol = 0
+
+
+def test_scale_rules_follow_their_definitions():
+    w = _weight()
+    q = 0.9999984
+    official = torch.quantile(w.abs(), q, dim=1)  # the official int8 exporter's clip
+    got = fq.row_scales_reference(w, bits=8, rule="percentile", percentile=99.99984)
+    expect = (official / 127).clamp_min(fq.MIN_SCALE).half()
+    assert torch.equal(got, expect)
+    std = w.double().std(dim=1, correction=0).float()
+    got = fq.row_scales_reference(w, bits=6, rule="sigma", sigma=3.0)
+    assert torch.equal(got, (std * 3.0 / 31).clamp_min(fq.MIN_SCALE).half())
+    got = fq.row_scales_reference(w, bits=5, rule="maxabs")
+    assert torch.equal(got, (w.abs().amax(1) / 15).clamp_min(fq.MIN_SCALE).half())
+    assert got[5] == fq.MIN_SCALE and (fq.quantize_codes(w, got, 5)[5] == 0).all()  # zero row
+
+
+def test_scale_is_the_fp16_value_used_for_codes():
+    """Codes are computed with the fp16-rounded scale, not the float32 one (no export gap)."""
+    w = torch.full((1, 8), 0.0)
+    w[0, :] = torch.tensor([1.0, 0.3, -0.7, 0.11, 0.52, -0.93, 0.04, 0.61])
+    s16 = fq.row_scales_reference(w, bits=6, rule="maxabs")
+    assert s16.float() != w.abs().max() / 31  # the fp16 rounding is real here
+    codes = fq.quantize_codes(w, s16, 6)
+    assert torch.equal(codes, torch.round(w / s16.float()).clamp(-31, 31).to(torch.int8))
+
+
+def test_plan_policy_and_thresholds():
+    sd = {
+        "blocks.0.attn.c_q.weight": torch.zeros(64, 64),
+        "blocks.0.mlp.fc.weight": torch.zeros(128, 64),
+        "blocks.0.mlp.proj.weight": torch.zeros(64, 128),
+        "tok_emb.weight": torch.zeros(100, 64),
+        "blocks.0.attn_scale": torch.zeros(64),        # 1-D: float
+        "skip_weights": torch.zeros(2, 64),             # small 2-D: float
+        "step": torch.zeros(64, 64, dtype=torch.int64),  # not float: passthrough
+    }
+    qcfg = QuantConfig(bits=6, policy="mlp.proj=0,mlp=5,tok_emb=8", keep_float_max_numel=1000)
+    assert plan(sd, qcfg) == {
+        "blocks.0.attn.c_q.weight": 6, "blocks.0.mlp.fc.weight": 5, "blocks.0.mlp.proj.weight": 0,
+        "tok_emb.weight": 8, "blocks.0.attn_scale": 0, "skip_weights": 0, "step": 0,
+    }
+
+
+def test_state_dict_round_trip():
+    g = torch.Generator().manual_seed(0)
+    sd = {"a.weight": torch.randn(40, 30, generator=g), "a.gain": torch.randn(30, generator=g),
+          "small.weight": torch.randn(3, 4, generator=g), "count": torch.arange(5)}
+    qcfg = QuantConfig(bits=6, scale_rule="sigma", clip_sigma=4.0, keep_float_max_numel=100)
+    entries = quantize_state_dict(sd, qcfg)
+    assert list(entries) == list(sd)
+    assert isinstance(entries["a.weight"], QTensor) and entries["a.weight"].bits == 6
+    assert entries["a.gain"].dtype == torch.float32 and torch.equal(entries["a.gain"], sd["a.gain"])
+    assert torch.equal(entries["count"], sd["count"])
+    half = quantize_state_dict(sd, qcfg, keep_float_dtype=torch.float16)
+    assert half["small.weight"].dtype == torch.float16
+    back = dequantize_state_dict(half, reference=sd)
+    assert back["small.weight"].dtype == torch.float32
+    back = dequantize_state_dict(entries)
+    scale = fq.row_scales_reference(sd["a.weight"], bits=6, rule="sigma", sigma=4.0)
+    assert torch.equal(back["a.weight"], fq.fake_quant_reference(sd["a.weight"], scale, 6))
+    for name in ("a.gain", "small.weight", "count"):
+        assert torch.equal(back[name], sd[name])
+
+
+class _MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = CastedLinear(20, 48)
+        self.mid = CastedLinear(48, 40)
+        self.proj = CastedLinear(40, 12)
+        self.gain = nn.Parameter(torch.linspace(0.5, 1.5, 12))
+
+    def forward(self, x):
+        return self.proj(F.relu(self.mid(F.relu(self.fc(x))))) * self.gain
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("bits", [5, 6, 8])
+@pytest.mark.parametrize("rule", fq.RULES)
+def test_qat_weight_equals_exported_weight(impl, bits, rule):
+    """QAT forward of a CastedLinear computes with exactly dequantize(quantize(W)) (atol = 0)."""
+    torch.manual_seed(0)
+    layer = CastedLinear(33, 24)
+    with torch.no_grad():
+        layer.weight.copy_(_weight())
+    qcfg = QuantConfig(bits=bits, scale_rule=rule, clip_percentile=99.0, clip_sigma=2.5, keep_float_max_numel=0)
+    assert enable_qat(layer, qcfg, impl=impl) == {"": bits}
+    set_qat_state(layer, active=True, temperature=0.5)
+    exported = dequantize_state_dict(quantize_state_dict(layer.state_dict(), qcfg))["weight"]
+    used = layer(torch.eye(33)).T  # x = I reads the weight the forward multiplies with
+    assert torch.equal(used, exported)
+    set_qat_state(layer, active=False)
+    assert torch.equal(layer(torch.eye(33)).T, layer.weight.detach())
+
+
+@pytest.mark.parametrize("rule", fq.RULES)
+def test_qat_model_logits_equal_exported_model_logits(rule):
+    torch.manual_seed(1)
+    model = _MLP()
+    qcfg = QuantConfig(bits=6, policy="proj=8,mid=5", scale_rule=rule, clip_percentile=99.0, clip_sigma=2.5,
+                       keep_float_max_numel=100)
+    assert enable_qat(model, qcfg, impl="torch") == {"fc": 6, "mid": 5, "proj": 8}
+    set_qat_state(model, active=True, temperature=1.0)
+    x = torch.randn(7, 20)
+    with torch.no_grad():
+        qat_logits = model(x)
+        loaded = _MLP()
+        loaded.load_state_dict(dequantize_state_dict(quantize_state_dict(model.state_dict(), qcfg)))
+        assert torch.equal(loaded(x), qat_logits)
+        set_qat_state(model, active=False)
+        assert not torch.equal(model(x), qat_logits)  # quantisation does change the logits

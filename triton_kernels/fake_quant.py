@@ -1,0 +1,421 @@
+"""Symmetric per-row fake quantisation and a fused fake-quant linear (``y = x @ fq(W)^T``).
+
+This module is the single home of the quantiser's math: the exporter (``pgolf.quant``) and
+quantisation-aware training (``pgolf.qat`` / ``CastedLinear``) both call it, so a trained model and
+its exported artifact see bit-identical weights.
+
+The quantiser (``b`` bits, ``qmax = 2**(b-1) - 1``; int5 -> 15, int6 -> 31, int8 -> 127)
+--------------------------------------------------------------------------------------
+For a weight ``W`` of shape ``(rows, cols)`` (one scale per row = per output channel):
+
+1. ``clip[r]`` by rule (all float32 unless said otherwise):
+
+   * ``maxabs``:     ``max_c |W[r, c]|`` (exact);
+   * ``percentile``: ``torch.quantile(|W[r]|, percentile / 100)`` (linear interpolation, as the
+     official int8 exporter with 99.99984);
+   * ``sigma``:      ``fl32(std64(W[r])) * fl32(k)``, where ``std64`` is the population standard
+     deviation (``correction=0``) reduced in float64 and rounded once to float32, so the Triton
+     reduction and ``torch.std`` agree bit-for-bit whatever their summation order.
+
+2. ``scale[r] = fp16(clamp(clip[r] / qmax, MIN_SCALE, FP16_MAX))`` (float32 division, then one
+   round-to-nearest-even to float16: the stored scale *is* the scale used everywhere).
+   ``MIN_SCALE = 2**-14`` (the smallest normal float16) for every bit width: it guards all-zero
+   rows (their codes are 0) and keeps the float16 scale at full precision. The official int8
+   exporter clamps at ``1/127`` instead, i.e. it never lets the clip fall below 1.0, which would
+   flatten rows of small weights (typical |w| ~ 0.02) onto a few codes; we do not copy that.
+
+3. ``codes = clamp(rne(W / s), -qmax, qmax)`` with ``s = scale.float()`` and ``rne`` round half to
+   even (what ``torch.round`` does), int8. The kernels compute the same thing: an IEEE float32
+   division (``tl.math.div_rn``), a clamp to ``[-qmax, qmax]`` (equivalent to clamping after rounding
+   because ``qmax`` is an integer) and the exact float32 trick ``(x + 1.5*2**23) - 1.5*2**23``,
+   which rounds half to even for ``|x| < 2**22`` (libdevice ``rint`` does not run in the
+   interpreter, the trick does, identically, on both).
+
+4. ``fq(W) = codes * s`` in float32: exactly ``QTensor.dequantize()``.
+
+Gradients (scales are treated as constants: no gradient flows into ``s``)
+--------------------------------------------------------------------------
+With ``x = W / s`` the weight is *clipped* where the clamp changed the rounded code,
+``|rne(x)| > qmax`` (equivalently ``|x| >= qmax + 1/2``, since ``qmax`` is odd and ties go to even).
+Clipped weights get zero gradient. Elsewhere ``dfq/dW`` is
+
+* ``ste``:       1 (straight-through estimator);
+* ``softround``: the derivative of the soft rounding of Agustsson & Theis (2020) with ``a = 1/T``,
+  ``soft(x) = floor(x) + 1/2 + tanh(a r) / (2 tanh(a/2))``, ``r = x - floor(x) - 1/2``, i.e.
+  ``d soft/dx = a sech^2(a r) / (2 tanh(a/2))``. Its mean over one step is exactly 1; ``T -> inf``
+  gives the STE (identity), ``T -> 0`` concentrates the gradient at the rounding boundaries
+  (hard rounding). Only the gradient uses it: the forward value stays the hard ``fq(W)``, so
+  training and export see the same weights.
+
+With ``active`` false the op is a plain linear: ``W`` passes unquantised with gradient 1 (the
+scales are still computed; the switch is a tensor so ``torch.compile`` cannot constant-fold it).
+
+Dtypes: ``fq(W)`` is computed in float32, cast to ``W.dtype`` (the reference) and then to
+``x.dtype`` for the matmul, like ``CastedLinear`` casts its weight; ``y`` and ``dx`` have
+``x.dtype``, ``dW`` has ``W.dtype``; Triton accumulates in float32.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._dispatch import resolve_impl
+
+RULES = ("maxabs", "percentile", "sigma")
+SURROGATES = ("ste", "softround")
+MIN_SCALE = 2.0 ** -14
+FP16_MAX = 65504.0
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def qmax_for(bits: int) -> int:
+    """Largest code of the symmetric ``bits``-bit grid: ``2**(bits-1) - 1`` (bits in 2..8)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
+    return 2 ** (bits - 1) - 1
+
+
+def _check_rule(rule: str, percentile: float, sigma: float) -> None:
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if rule == "percentile" and not 0.0 < percentile <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    if rule == "sigma" and not sigma > 0.0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+
+
+def _check_weight(w: torch.Tensor, what: str = "weight") -> None:
+    if w.ndim != 2 or w.shape[0] == 0 or w.shape[1] == 0:
+        raise ValueError(f"{what} must be a non-empty 2-D tensor (rows, cols), got shape {tuple(w.shape)}")
+    if w.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{what} must be float32, float16 or bfloat16, got {w.dtype}")
+
+
+# ============================================================== pure-torch reference (the oracle)
+def _finish_scale(clip: torch.Tensor, qmax: int) -> torch.Tensor:
+    return (clip / qmax).clamp(MIN_SCALE, FP16_MAX).to(torch.float16)
+
+
+def row_scales_reference(w: torch.Tensor, *, bits: int, rule: str = "maxabs",
+                         percentile: float = 99.99984, sigma: float = 12.85) -> torch.Tensor:
+    """Per-row float16 scales of ``w`` (rows, cols) by ``rule``; see the module docstring."""
+    qmax = qmax_for(bits)
+    _check_rule(rule, percentile, sigma)
+    _check_weight(w)
+    w32 = w.detach().float()
+    if rule == "maxabs":
+        clip = w32.abs().amax(dim=1)
+    elif rule == "percentile":
+        clip = torch.quantile(w32.abs(), percentile / 100.0, dim=1)
+    else:
+        clip = w32.double().std(dim=1, correction=0).float() * sigma
+    return _finish_scale(clip, qmax)
+
+
+def row_scales(w: torch.Tensor, *, bits: int, rule: str = "maxabs", percentile: float = 99.99984,
+               sigma: float = 12.85, impl: str = "auto") -> torch.Tensor:
+    """Per-row float16 scales of a 2-D weight (one kernel launch on the Triton path).
+
+    ``maxabs`` and ``sigma`` run as one Triton reduction kernel; ``percentile`` always uses
+    ``torch.quantile`` (a per-row selection, not worth a kernel). Every path gives the same bits.
+    """
+    if resolve_impl(impl, w) == "torch" or rule == "percentile":
+        return row_scales_reference(w, bits=bits, rule=rule, percentile=percentile, sigma=sigma)
+    qmax_for(bits)
+    _check_rule(rule, percentile, sigma)
+    return _row_scales_op(w.detach(), bits, rule, float(sigma))
+
+
+def quantize_codes(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """``clamp(round_half_even(w / scale.float()), -qmax, qmax)`` as int8, ``w`` (rows, cols)."""
+    qmax = qmax_for(bits)
+    x = w.detach().float() / scale.float()[:, None]
+    return torch.round(x).clamp(-qmax, qmax).to(torch.int8)
+
+
+def fake_quant_reference(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """``quantize_codes(w, scale, bits) * scale`` in float32: quantise then dequantise, exactly."""
+    return quantize_codes(w, scale, bits).float() * scale.float()[:, None]
+
+
+def fake_quant_grad_reference(w: torch.Tensor, scale: torch.Tensor, bits: int, *, surrogate: str = "ste",
+                              temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """``d fq(w) / d w`` elementwise (float32): 0 where clipped, else 1 (STE) or the soft-round slope."""
+    qmax = qmax_for(bits)
+    x = w.detach().float() / scale.float()[:, None]
+    passes = torch.round(x).abs() <= qmax
+    if surrogate == "ste":
+        return passes.float()
+    if surrogate != "softround":
+        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
+    a = 1.0 / torch.as_tensor(temperature, dtype=torch.float32, device=w.device)
+    r = x - torch.floor(x) - 0.5
+    slope = a * (1.0 - torch.tanh(a * r) ** 2) / (2.0 * torch.tanh(a / 2.0))
+    return torch.where(passes, slope, 0.0)
+
+
+class _FakeQuantWeight(torch.autograd.Function):
+    """``fq(w)`` (cast to ``w.dtype``) with the STE / soft-round gradient (reference path)."""
+
+    @staticmethod
+    def forward(ctx, w, scale, bits, surrogate, temperature):
+        ctx.save_for_backward(w, scale, temperature)
+        ctx.bits, ctx.surrogate = bits, surrogate
+        return fake_quant_reference(w, scale, bits).to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w, scale, temperature = ctx.saved_tensors
+        g = fake_quant_grad_reference(w, scale, ctx.bits, surrogate=ctx.surrogate, temperature=temperature)
+        return (grad.float() * g).to(w.dtype), None, None, None, None
+
+
+def fake_quant_linear_reference(x: torch.Tensor, weight: torch.Tensor, *, bits: int, rule: str = "maxabs",
+                                percentile: float = 99.99984, sigma: float = 12.85, surrogate: str = "ste",
+                                temperature: float | torch.Tensor = 1.0,
+                                active: bool | torch.Tensor = True) -> torch.Tensor:
+    """Pure-torch ``F.linear(x, where(active, fq(W), W).to(x.dtype))`` with the module's gradients."""
+    scale = row_scales_reference(weight, bits=bits, rule=rule, percentile=percentile, sigma=sigma)
+    temperature = torch.as_tensor(temperature, dtype=torch.float32, device=weight.device)
+    w_eff = _FakeQuantWeight.apply(weight, scale, bits, surrogate, temperature)
+    if isinstance(active, torch.Tensor):
+        w_eff = torch.where(active, w_eff, weight)
+    elif not active:
+        w_eff = weight
+    return F.linear(x, w_eff.to(x.dtype))
+
+
+# ========================================================================= Triton kernels
+def _kernels():
+    """``(triton, kernels module)``, imported on first launch (never at package import)."""
+    import triton
+
+    from . import _fake_quant_kernels
+    return triton, _fake_quant_kernels
+
+
+# ======================================================================= typed launchers
+def _tile_config(t: torch.Tensor) -> dict:
+    """Block sizes: small tiles in the interpreter, untuned GPU tiles otherwise (unmeasured)."""
+    if not t.is_cuda:
+        return dict(BM=16, BN=16, BK=16)
+    if t.dtype == torch.float32:
+        return dict(BM=64, BN=64, BK=32, num_warps=4, num_stages=2)
+    return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
+
+
+def _precision(t: torch.Tensor) -> str:
+    return "ieee" if t.dtype == torch.float32 else "tf32"
+
+
+def _check_flag(t: torch.Tensor, name: str, device: torch.device) -> None:
+    if not isinstance(t, torch.Tensor) or t.numel() != 1:
+        raise TypeError(f"{name} must be a one-element tensor, got {type(t).__name__}"
+                        f"{'' if not isinstance(t, torch.Tensor) else tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device}")
+
+
+def _check_operands(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, active: torch.Tensor,
+                    x_name: str = "x") -> None:
+    _check_weight(weight)
+    if x.ndim != 2:
+        raise ValueError(f"{x_name} must be 2-D (tokens, features), got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{x_name} must be float32, float16 or bfloat16, got {x.dtype}")
+    for name, t in ((x_name, x), ("weight", weight), ("scale", scale)):
+        if t.device != weight.device:
+            raise ValueError(f"{name} is on {t.device} but weight is on {weight.device}")
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (call .contiguous())")
+    if scale.dtype != torch.float16 or scale.shape != (weight.shape[0],):
+        raise ValueError(f"scale must be float16 of shape ({weight.shape[0]},), got {scale.dtype} {tuple(scale.shape)}")
+    _check_flag(active, "active", weight.device)
+
+
+def fq_row_scales_triton(w: torch.Tensor, *, bits: int, rule: str, sigma: float = 12.85) -> torch.Tensor:
+    """Launch the row-scale reduction (``maxabs`` or ``sigma``): one program per row."""
+    qmax = qmax_for(bits)
+    _check_weight(w)
+    if rule not in ("maxabs", "sigma"):
+        raise ValueError(f"the Triton row-scale kernel handles maxabs and sigma, got {rule!r}")
+    if w.stride(1) != 1:
+        raise ValueError("weight rows must be contiguous (stride 1 along columns)")
+    triton, k = _kernels()
+    scale = torch.empty(w.shape[0], dtype=torch.float16, device=w.device)
+    block = min(1024, triton.next_power_of_2(w.shape[1])) if w.is_cuda else 16
+    k._fq_row_scales_kernel[(w.shape[0],)](w, scale, w.shape[1], w.stride(0), float(sigma),
+                                           QMAX=qmax, SIGMA_RULE=rule == "sigma", BLOCK=block)
+    return scale
+
+
+def _wq_matmul(a: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, *, bits: int, active: torch.Tensor,
+               transposed: bool) -> torch.Tensor:
+    """``a @ fq(W)^T`` (forward, ``transposed``) or ``a @ fq(W)`` (dx), W quantised in registers."""
+    qmax = qmax_for(bits)
+    name = "x" if transposed else "dy"
+    _check_operands(a, weight, scale, active, x_name=name)
+    inner, outer = (1, 0) if transposed else (0, 1)
+    (M, K), N = a.shape, weight.shape[outer]
+    if weight.shape[inner] != K:
+        raise ValueError(f"{name} has {K} features but weight is {tuple(weight.shape)} (out, in)")
+    triton, k = _kernels()
+    cfg = _tile_config(a)
+    out = torch.empty((M, N), dtype=a.dtype, device=a.device)
+    kernel, n_block = (k._fq_linear_fwd_kernel, "BN") if transposed else (k._fq_linear_dx_kernel, "BK")
+    grid = (triton.cdiv(M, cfg["BM"]), triton.cdiv(N, cfg[n_block]))
+    dims = (M, N, K) if transposed else (M, K, N)  # kernels take (tokens, out features, in features)
+    kernel[grid](a, weight, scale, active, out, *dims, a.stride(0), weight.stride(0), out.stride(0),
+                 QMAX=qmax, PREC=_precision(a), **cfg)
+    return out
+
+
+def fq_linear_fwd_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, *, bits: int,
+                         active: torch.Tensor) -> torch.Tensor:
+    """``y = x @ where(active, fq(W), W)^T`` for 2-D contiguous ``x`` (M, K), ``W`` (N, K)."""
+    return _wq_matmul(x, weight, scale, bits=bits, active=active, transposed=True)
+
+
+def fq_linear_dx_triton(dy: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, *, bits: int,
+                        active: torch.Tensor) -> torch.Tensor:
+    """``dx = dy @ where(active, fq(W), W)`` for 2-D contiguous ``dy`` (M, N), ``W`` (N, K)."""
+    return _wq_matmul(dy, weight, scale, bits=bits, active=active, transposed=False)
+
+
+def fq_linear_dw_triton(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, *,
+                        bits: int, active: torch.Tensor, surrogate: str = "ste",
+                        temperature: torch.Tensor | None = None, split_m: int | None = None) -> torch.Tensor:
+    """``dW = g(W) * (dy^T x)`` (``g`` = clip mask x surrogate slope, 1 when inactive), in ``W.dtype``.
+
+    The token dimension is split over ``split_m`` programs writing float32 partials that are
+    summed afterwards (deterministic, no atomics); ``None`` picks enough splits to fill the GPU.
+    """
+    qmax = qmax_for(bits)
+    _check_operands(x, weight, scale, active)
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
+    if dy.dtype != x.dtype or not dy.is_contiguous() or dy.device != x.device:
+        raise ValueError(f"dy must be a contiguous {x.dtype} tensor on {x.device}, got {dy.dtype} on {dy.device}")
+    (M, K), N = x.shape, weight.shape[0]
+    if dy.shape != (M, N) or weight.shape[1] != K:
+        raise ValueError(f"shapes do not match: dy {tuple(dy.shape)}, x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    if temperature is None:
+        temperature = torch.ones((), device=x.device)
+    _check_flag(temperature, "temperature", x.device)
+    triton, k = _kernels()
+    cfg = _tile_config(x)
+    tiles = triton.cdiv(N, cfg["BN"]) * triton.cdiv(K, cfg["BK"])
+    if split_m is None:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
+        split_m = max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(M, 4 * cfg["BM"])))
+    m_per_split = triton.cdiv(triton.cdiv(M, split_m), cfg["BM"]) * cfg["BM"]
+    split_m = triton.cdiv(M, m_per_split)
+    if split_m == 1:
+        out = torch.empty((1, N, K), dtype=weight.dtype, device=x.device)
+    else:
+        out = torch.empty((split_m, N, K), dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(N, cfg["BN"]), triton.cdiv(K, cfg["BK"]), split_m)
+    k._fq_linear_dw_kernel[grid](dy, x, weight, scale, active, temperature, out, M, N, K, m_per_split,
+                                 dy.stride(0), x.stride(0), weight.stride(0), out.stride(0), out.stride(1),
+                                 QMAX=qmax, SOFT=surrogate == "softround", PREC=_precision(x), **cfg)
+    return out[0] if split_m == 1 else out.sum(dim=0).to(weight.dtype)
+
+
+# ====================================================== custom ops (survive torch.compile)
+@torch.library.custom_op("triton_kernels::fq_row_scales", mutates_args=())
+def _row_scales_op(w: torch.Tensor, bits: int, rule: str, sigma: float) -> torch.Tensor:
+    return fq_row_scales_triton(w.contiguous(), bits=bits, rule=rule, sigma=sigma)
+
+
+@_row_scales_op.register_fake
+def _(w, bits, rule, sigma):
+    return w.new_empty(w.shape[0], dtype=torch.float16)
+
+
+@torch.library.custom_op("triton_kernels::fq_linear", mutates_args=())
+def _fq_linear_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, active: torch.Tensor,
+                  temperature: torch.Tensor, bits: int, surrogate: str) -> torch.Tensor:
+    return fq_linear_fwd_triton(x, weight, scale, bits=bits, active=active)
+
+
+@_fq_linear_op.register_fake
+def _(x, weight, scale, active, temperature, bits, surrogate):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+@torch.library.custom_op("triton_kernels::fq_linear_backward", mutates_args=())
+def _fq_linear_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                           active: torch.Tensor, temperature: torch.Tensor, bits: int,
+                           surrogate: str) -> tuple[torch.Tensor, torch.Tensor]:
+    dy = dy.contiguous()
+    dx = fq_linear_dx_triton(dy, weight, scale, bits=bits, active=active)
+    dw = fq_linear_dw_triton(dy, x, weight, scale, bits=bits, active=active, surrogate=surrogate,
+                             temperature=temperature)
+    return dx, dw
+
+
+@_fq_linear_backward_op.register_fake
+def _(dy, x, weight, scale, active, temperature, bits, surrogate):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _fq_linear_setup_context(ctx, inputs, output):
+    x, weight, scale, active, temperature, bits, surrogate = inputs
+    ctx.save_for_backward(x, weight, scale, active, temperature)
+    ctx.bits, ctx.surrogate = bits, surrogate
+
+
+def _fq_linear_backward(ctx, dy):
+    x, weight, scale, active, temperature = ctx.saved_tensors
+    dx, dw = _fq_linear_backward_op(dy, x, weight, scale, active, temperature, ctx.bits, ctx.surrogate)
+    return dx, dw, None, None, None, None, None
+
+
+_fq_linear_op.register_autograd(_fq_linear_backward, setup_context=_fq_linear_setup_context)
+
+
+# ======================================================================== public function
+def fake_quant_linear(x: torch.Tensor, weight: torch.Tensor, *, bits: int, rule: str = "maxabs",
+                      percentile: float = 99.99984, sigma: float = 12.85, surrogate: str = "ste",
+                      temperature: float | torch.Tensor = 1.0, active: bool | torch.Tensor = True,
+                      impl: str = "auto") -> torch.Tensor:
+    """Linear layer with a fake-quantised weight: ``y = x @ fq(W)^T`` (no bias).
+
+    Args:
+        x: ``(..., in_features)`` float32 / float16 / bfloat16 activations.
+        weight: ``(out_features, in_features)`` weight (usually the float32 master copy).
+        bits: 2..8; codes in ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``.
+        rule: per-row clip rule, ``"maxabs"``, ``"percentile"`` (``percentile`` in percent) or
+            ``"sigma"`` (``sigma`` standard deviations, ``correction=0``).
+        surrogate: gradient of the rounding, ``"ste"`` or ``"softround"`` with ``temperature``.
+        temperature: soft-round temperature ``T > 0`` (float or one-element tensor); unused by STE.
+        active: when false (bool or one-element bool tensor) the op is a plain linear.
+        impl: ``"auto"`` | ``"triton"`` | ``"torch"`` (see ``triton_kernels._dispatch``).
+
+    Returns ``(..., out_features)`` in ``x.dtype``. Forward is the hard quantiser of the module
+    docstring, bit-identical to ``pgolf.quant`` export; ``dx = dy @ fq(W)``; ``dW = g(W) * (dy^T x)``
+    with ``g`` zero on clipped weights and 1 (STE) or the soft-round slope elsewhere. Scales get
+    no gradient. Every Triton launch is a ``torch.library`` custom op, so the Triton path also
+    runs inside ``torch.compile(fullgraph=True)``.
+    """
+    qmax_for(bits)
+    _check_rule(rule, percentile, sigma)
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
+    if not isinstance(temperature, torch.Tensor) and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_weight(weight)
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x has {x.shape[-1]} features but weight is {tuple(weight.shape)} (out, in)")
+    if resolve_impl(impl, x, weight) == "torch":
+        return fake_quant_linear_reference(x, weight, bits=bits, rule=rule, percentile=percentile, sigma=sigma,
+                                           surrogate=surrogate, temperature=temperature, active=active)
+    dev = weight.device
+    if not isinstance(active, torch.Tensor):
+        active = torch.full((), bool(active), device=dev)
+    if not isinstance(temperature, torch.Tensor):
+        temperature = torch.full((), float(temperature), device=dev)
+    scale = row_scales(weight, bits=bits, rule=rule, percentile=percentile, sigma=sigma, impl="triton")
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    y = _fq_linear_op(x2, weight.contiguous(), scale, active, temperature, bits, surrogate)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
