@@ -55,7 +55,7 @@ class Optimizers:
         self.adam_embed = torch.optim.Adam([{"params": groups["embed"], "lr": token_lr, "base_lr": token_lr}], **adam)
         self.muon = Muon(groups["matrix"], lr=ocfg.matrix_lr, momentum=ocfg.muon_momentum,
                          backend_steps=ocfg.muon_backend_steps, schedule=ocfg.ns_schedule,
-                         weight_decay=ocfg.muon_weight_decay, row_norm=ocfg.muon_row_norm)
+                         weight_decay=ocfg.muon_weight_decay, row_norm=ocfg.muon_row_norm, impl=tcfg.kernels)
         for g in self.muon.param_groups:
             g["base_lr"] = ocfg.matrix_lr
         self.adam_scalar = torch.optim.Adam(

@@ -32,7 +32,7 @@ from .loader import TokenLoader
 from .model import GPT, prepare_for_training
 from .optim import Optimizers
 from .progress import progress
-from .qat import enable_qat, set_qat_state
+from .qat import enable_qat, qat_state_at, set_qat_state
 from .report import RunLog, plot_loss_curve, write_submission
 from .shards import load_tokens
 from .tokenizer import byte_table, load_tokenizer
@@ -179,7 +179,7 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
     model = prepare_for_training(GPT(cfg.model), device)
     qat_on = cfg.quant.qat_start_frac >= 0
     if qat_on:
-        enable_qat(model, cfg.quant)
+        enable_qat(model, cfg.quant, impl=t_cfg.kernels)
     opts = Optimizers(model, cfg.optim, t_cfg)
     fwd = torch.compile(model, dynamic=False) if t_cfg.compile else model
     if env.distributed:
@@ -209,22 +209,21 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
             loss_sum += loss.detach()
         return _all_reduce_mean(loss_sum / grad_accum, env)
 
-    def qat_schedule(step: int) -> None:
-        if not qat_on:
-            return
-        start = int(cfg.quant.qat_start_frac * t_cfg.iterations)
-        active = step >= start
-        frac = (step - start) / max(t_cfg.iterations - start, 1) if active else 0.0
-        q = cfg.quant
-        temperature = q.qat_temperature_start * (q.qat_temperature_end / q.qat_temperature_start) ** frac
-        set_qat_state(model, active=active, temperature=temperature)
+    def qat_schedule(step: int, elapsed_s: float) -> None:
+        """QAT on/off and temperature at this point of training (by steps, or by time under a cap)."""
+        if qat_on:
+            frac = step / t_cfg.iterations
+            if t_cfg.max_wallclock_seconds > 0:
+                frac = max(frac, elapsed_s / t_cfg.max_wallclock_seconds)
+            active, temperature = qat_state_at(cfg.quant, frac)
+            set_qat_state(model, active=active, temperature=temperature)
 
     # torch.compile warm-up on training batches only, then restore the exact initial state.
     if t_cfg.compile and t_cfg.warmup_steps > 0 and not resume:
         init_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
         init_opt = opts.state_dict()
         for w in range(t_cfg.warmup_steps):
-            qat_schedule(0)
+            qat_schedule(0, 0.0)
             train_step(w)
             opts.step()
             log.line(f"warmup_step:{w + 1}/{t_cfg.warmup_steps}")
@@ -283,7 +282,7 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
                 t0 = time.perf_counter()
             elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
             opts.schedule(step, elapsed_ms / 1000.0)
-            qat_schedule(step)
+            qat_schedule(step, elapsed_ms / 1000.0)
             loss = train_step(step)
             loss_value = float(loss.item())
             if not math.isfinite(loss_value):
