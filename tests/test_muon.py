@@ -160,6 +160,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
