@@ -97,6 +97,19 @@ py::array_t<int8_t> rans_decode(const py::buffer& data, uint64_t max_values) {
     return out;
 }
 
+py::dict rans_info(const py::buffer& data) {
+    const py::buffer_info in = byte_buffer(data, false, "data");
+    const pgolf::RansStream stream(static_cast<const uint8_t*>(in.ptr), size_t(in.size));
+    const std::vector<uint16_t> groups = stream.row_groups();
+    py::dict info;
+    info["shape"] = stream.two_d() ? py::tuple(py::make_tuple(stream.rows(), stream.cols())) : py::tuple(py::make_tuple(stream.cols()));
+    info["bits"] = stream.bits();
+    info["grouping"] = stream.grouping();
+    info["groups"] = stream.groups();
+    info["row_groups"] = py::array_t<uint16_t>(py::ssize_t(groups.size()), groups.data());
+    return info;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_codec, m) {
@@ -109,4 +122,5 @@ PYBIND11_MODULE(_codec, m) {
     m.def("rans_encode", &rans_encode, py::arg("codes"), py::arg("rows"), py::arg("cols"), py::arg("two_d"),
           py::arg("bits"), py::arg("row_key") = py::none());
     m.def("rans_decode", &rans_decode, py::arg("data"), py::arg("max_values"));
+    m.def("rans_info", &rans_info, py::arg("data"));
 }

@@ -475,6 +475,17 @@ bool RansStream::two_d() const { return impl_->two_d; }
 uint64_t RansStream::rows() const { return impl_->rows; }
 uint64_t RansStream::cols() const { return impl_->cols; }
 int RansStream::bits() const { return impl_->bits; }
+int RansStream::grouping() const { return impl_->mode; }
+int RansStream::groups() const { return impl_->groups; }
+
+std::vector<uint16_t> RansStream::row_groups() const {
+    const Impl& s = *impl_;
+    if (s.mode == kMapped) return s.group;
+    std::vector<uint16_t> out(s.rows * s.cols != 0 ? s.rows : 0, 0);
+    if (s.mode == kContiguous)
+        for (uint64_t r = 0; r < s.rows; ++r) out[r] = uint16_t(contiguous_group(r, s.groups, s.rows));
+    return out;
+}
 
 void RansStream::decode(int8_t* out) const {
     const Impl& s = *impl_;

@@ -53,6 +53,10 @@ class RansStream {
     uint64_t rows() const;
     uint64_t cols() const;
     int bits() const;
+    int grouping() const;  // 0 one group, 1 contiguous, 2 mapped (see the layout above)
+    int groups() const;
+    // Group id of every row (rows entries).
+    std::vector<uint16_t> row_groups() const;
     // Decode all rows * cols values into out. Throws stream_error when the payload is corrupt.
     void decode(int8_t* out) const;
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["CodecError", "CodecUnavailable", "available", "packed_size", "pack_bits", "unpack_bits",
-           "rans_encode", "rans_decode"]
+           "rans_encode", "rans_decode", "rans_info"]
 
 # Largest tensor a rANS stream may declare unless the caller says otherwise (2**32 values).
 DEFAULT_MAX_VALUES = 1 << 32
@@ -144,3 +144,14 @@ def rans_decode(data: bytes | bytearray | memoryview, *, max_values: int | None 
     """
     limit = DEFAULT_MAX_VALUES if max_values is None else int(max_values)
     return _decoding(lambda e: e.rans_decode, data, limit)
+
+
+def rans_info(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """The header of a :func:`rans_encode` stream, validated, without decoding the payload.
+
+    Keys: ``shape``, ``bits``, ``grouping`` (``"one"``, ``"contiguous"`` or ``"mapped"``),
+    ``groups`` (number of frequency tables) and ``row_groups`` (uint16 group id per row).
+    """
+    info = _decoding(lambda e: e.rans_info, data)
+    info["grouping"] = ("one", "contiguous", "mapped")[info["grouping"]]
+    return info

@@ -25,6 +25,10 @@ def corpus():
 
 def decode_or_codec_error(data):
     try:
+        codec.rans_info(data)
+    except codec.CodecError:
+        pass
+    try:
         y = codec.rans_decode(data, max_values=LIMIT)
     except codec.CodecError:
         return None

@@ -136,6 +136,12 @@ def test_stream_layout_matches_independent_reference_decoder():
         data = codec.rans_encode(x, bits)
         y, mode = reference_decode(data)
         np.testing.assert_array_equal(y, x, err_msg=name)
+        info = codec.rans_info(data)
+        assert info["shape"] == x.shape and info["bits"] == bits
+        if mode is not None:
+            assert info["grouping"] == ("one", "contiguous", "mapped")[mode]
+            assert info["row_groups"].shape == (x.shape[0] if x.ndim == 2 else 1,)
+            assert info["row_groups"].max() == info["groups"] - 1
         modes.add(mode)
     assert {0, 1, 2} <= modes, modes  # one group, contiguous groups and a row map all exercised
 
