@@ -1,0 +1,157 @@
+"""Bit packing and rANS entropy coding of quantised int8 codes (the ``pgolf._codec`` extension).
+
+Public API (numpy int8 arrays or CPU int8 torch tensors in; bytes or numpy int8 arrays out;
+wrap outputs with ``torch.from_numpy`` when a tensor is wanted):
+
+* :func:`pack_bits` / :func:`unpack_bits`: dense little-endian b-bit packing, b = 2..8;
+  value ``v`` is stored as ``v + 2**(b-1)``, value ``i`` at bits ``[i*b, (i+1)*b)`` LSB first
+  (full byte layout with a worked example in ``csrc/bitpack.h``).
+* :func:`rans_encode` / :func:`rans_decode`: a rANS coder with per-row-group statistics that
+  chooses the smallest of several row groupings; the stream records shape, bits and grouping
+  (layout in ``csrc/rans.h``).
+
+Malformed input to a decoder raises :class:`CodecError` (a ``ValueError``); out-of-range codes
+raise ``ValueError`` naming the first offending index and value. The extension is imported
+lazily: without it ``pgolf`` still imports and every codec call raises
+:class:`CodecUnavailable` saying how to build it.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CodecError", "CodecUnavailable", "available", "packed_size", "pack_bits", "unpack_bits",
+           "rans_encode", "rans_decode", "rans_info"]
+
+# Largest tensor a rANS stream may declare unless the caller says otherwise (2**32 values).
+DEFAULT_MAX_VALUES = 1 << 32
+
+
+class CodecError(ValueError):
+    """A packed or rANS-coded input is malformed (truncated, corrupt, inconsistent)."""
+
+
+class CodecUnavailable(RuntimeError):
+    """The C++ extension ``pgolf._codec`` is not built."""
+
+
+def _ext() -> ModuleType:
+    try:
+        return importlib.import_module("pgolf._codec")
+    except ImportError as e:
+        raise CodecUnavailable(
+            "the pgolf C++ codec extension (pgolf._codec) is not built; build it with "
+            "`pip install -e .` or `python setup.py build_ext --inplace` in the repository root "
+            f"(import failed: {e})") from e
+
+
+def available() -> bool:
+    """Whether the C++ extension can be imported."""
+    try:
+        _ext()
+    except CodecUnavailable:
+        return False
+    return True
+
+
+def _int8_array(codes: Any, name: str = "codes") -> np.ndarray:
+    """A C-contiguous int8 numpy view of ``codes`` (copy only when it is not contiguous)."""
+    if type(codes).__module__.startswith("torch"):
+        if codes.device.type != "cpu":
+            raise ValueError(f"{name} must be a CPU tensor, got device {codes.device}")
+        codes = codes.detach().contiguous().numpy()
+    if not isinstance(codes, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(codes).__name__}")
+    if codes.dtype != np.int8:
+        raise TypeError(f"{name} must have dtype int8, got {codes.dtype}")
+    return np.ascontiguousarray(codes)
+
+
+def _check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an integer in 2..8, got {bits!r}")
+    return int(bits)
+
+
+def _decoding(fn, *args):
+    ext = _ext()
+    try:
+        return fn(ext)(*args)
+    except ext.StreamError as e:
+        raise CodecError(str(e)) from None
+
+
+def packed_size(count: int, bits: int) -> int:
+    """Bytes of ``count`` values packed at ``bits`` bits: ``ceil(count * bits / 8)``."""
+    return _ext().packed_size(int(count), _check_bits(bits))
+
+
+def pack_bits(codes: Any, bits: int) -> bytes:
+    """Pack int8 ``codes`` (any shape, read in C order) into ``ceil(n * bits / 8)`` bytes.
+
+    Every value must lie in ``[-2**(bits-1), 2**(bits-1) - 1]``; otherwise ``ValueError`` names
+    the first offending index and value.
+    """
+    return _ext().pack_bits(_int8_array(codes), _check_bits(bits))
+
+
+def unpack_bits(data: bytes | bytearray | memoryview, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: a 1-D int8 array of ``count`` values.
+
+    Raises :class:`CodecError` unless ``len(data) == packed_size(count, bits)`` and the padding
+    bits of the last byte are zero.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    return _decoding(lambda e: e.unpack_bits, data, _check_bits(bits), int(count))
+
+
+def rans_encode(codes: Any, bits: int, *, scales: Any = None) -> bytes:
+    """Entropy-code a 1-D or 2-D int8 tensor of ``bits``-bit codes into a self-describing stream.
+
+    Symbol statistics are kept per group of rows; the encoder tries one group, contiguous row
+    groups, and rows grouped by their code spread (and by ``scales``, one value per row, when
+    given), refined by a few Lloyd iterations, and keeps the smallest, frequency tables and
+    row map included. ``scales`` only guides that search; the decoder does not need it.
+    """
+    arr = _int8_array(codes)
+    bits = _check_bits(bits)
+    if arr.ndim == 1:
+        rows, cols, two_d = 1, arr.shape[0], False
+    elif arr.ndim == 2:
+        (rows, cols), two_d = arr.shape, True
+    else:
+        raise ValueError(f"codes must be 1-D or 2-D, got shape {arr.shape}")
+    key = None
+    if scales is not None:
+        if type(scales).__module__.startswith("torch"):
+            scales = scales.detach().cpu().float().numpy()
+        key = np.ascontiguousarray(np.asarray(scales, dtype=np.float32).reshape(-1))
+        if key.shape[0] != rows:
+            raise ValueError(f"scales must have one value per row ({rows}), got {key.shape[0]}")
+    return _ext().rans_encode(arr, rows, cols, two_d, bits, key)
+
+
+def rans_decode(data: bytes | bytearray | memoryview, *, max_values: int | None = None) -> np.ndarray:
+    """Decode a :func:`rans_encode` stream into an int8 array of the recorded shape.
+
+    ``max_values`` bounds the number of values the stream may declare before any allocation
+    (default ``2**32``); a stream declaring more raises :class:`CodecError`, as does any
+    truncated, corrupt or trailing-garbage input.
+    """
+    limit = DEFAULT_MAX_VALUES if max_values is None else int(max_values)
+    return _decoding(lambda e: e.rans_decode, data, limit)
+
+
+def rans_info(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """The header of a :func:`rans_encode` stream, validated, without decoding the payload.
+
+    Keys: ``shape``, ``bits``, ``grouping`` (``"one"``, ``"contiguous"`` or ``"mapped"``),
+    ``groups`` (number of frequency tables) and ``row_groups`` (uint16 group id per row).
+    """
+    info = _decoding(lambda e: e.rans_info, data)
+    info["grouping"] = ("one", "contiguous", "mapped")[info["grouping"]]
+    return info

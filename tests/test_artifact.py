@@ -1,0 +1,189 @@
+"""pgolf.artifact: golden bytes of the v1 format, round trips for every codec, and every
+corruption the loader must name."""
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pgolf.artifact import MAGIC, ArtifactError, load_artifact, save_artifact
+from pgolf.qtensor import QTensor
+
+GOLDEN = Path(__file__).parent / "golden" / "artifact_v1.pgolf"
+
+
+def qtensor(shape, bits, seed, dtype=torch.float32):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(shape).reshape(shape[0], -1)
+    scale = (np.abs(w).max(1) / (2 ** (bits - 1) - 1)).astype(np.float16)
+    qmax = 2 ** (bits - 1) - 1
+    codes = np.clip(np.round(w / scale.astype(np.float32)[:, None]), -qmax, qmax).astype(np.int8)
+    return QTensor(codes=torch.from_numpy(codes), scale=torch.from_numpy(scale), bits=bits, shape=tuple(shape), dtype=dtype)
+
+
+def golden_inputs():
+    tensors = {
+        "blocks.0.attn.qkv.weight": qtensor((12, 16), 6, 0),
+        "blocks.0.mlp.fc.weight": qtensor((4, 2, 8), 5, 1, torch.bfloat16),
+        "blocks.0.attn_scale": torch.linspace(-1, 1, 4),
+        "skip_weights": torch.tensor([0.5, -2.25, 3.0], dtype=torch.bfloat16),
+        "step": torch.tensor(1234, dtype=torch.int64),
+    }
+    return {"model_dim": 16, "num_layers": 1}, tensors, {"val_bpb": 1.25, "note": "golden"}
+
+
+def assert_same(a, b):
+    assert type(a) is type(b)
+    if isinstance(a, QTensor):
+        assert (a.bits, a.shape, a.dtype) == (b.bits, b.shape, b.dtype)
+        assert torch.equal(a.codes, b.codes) and torch.equal(a.scale, b.scale)
+    else:
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+def test_golden_bytes_pin_the_format(tmp_path):
+    config, tensors, meta = golden_inputs()
+    info = save_artifact(tmp_path / "a.pgolf", config=config, tensors=tensors, meta=meta)
+    assert (tmp_path / "a.pgolf").read_bytes() == GOLDEN.read_bytes(), "artifact format changed: a visible decision"
+    assert info.total_bytes == os.path.getsize(tmp_path / "a.pgolf") == GOLDEN.stat().st_size
+    art = load_artifact(GOLDEN, expected={k: tuple(v.shape) for k, v in tensors.items()})
+    assert art.config == config and art.meta == meta and list(art.tensors) == list(tensors)
+    for name, t in tensors.items():
+        assert_same(art.tensors[name], t)
+
+
+def test_layout_prefix_header_and_checksum():
+    data = GOLDEN.read_bytes()
+    magic, version, hlen = struct.unpack_from("<8sII", data)
+    assert (magic, version) == (MAGIC, 1)
+    header = json.loads(data[16:16 + hlen])
+    assert len(data) == 16 + hlen + header["payload_bytes"] + 32
+    assert hashlib.sha256(data[:-32]).digest() == data[-32:]
+    kinds = {e["name"]: (e["kind"], (e.get("codes") or e.get("data"))["codec"]) for e in header["tensors"]}
+    assert kinds["blocks.0.attn.qkv.weight"] == ("q", "rans") and kinds["step"][0] == "raw"
+
+
+@pytest.mark.parametrize("codec", ["rans", "zstd", "zlib", "raw"])
+def test_round_trip_every_codec_and_dtype(tmp_path, codec):
+    tensors = {
+        "wq": qtensor((48, 80), 6, 2), "w5": qtensor((33, 7), 5, 3, torch.float16), "w8": qtensor((8, 3, 5), 8, 4),
+        "w_row": qtensor((1, 64), 4, 5), "w_empty": QTensor(codes=torch.zeros(0, 4, dtype=torch.int8),
+                                                          scale=torch.zeros(0, dtype=torch.float16), bits=6,
+                                                          shape=(0, 4), dtype=torch.float32),
+        "f32": torch.randn(7, 3), "f16": torch.randn(5).half(), "bf16": torch.randn(2, 2).bfloat16(),
+        "f64": torch.randn(3, dtype=torch.float64), "i8": torch.arange(-5, 5, dtype=torch.int8),
+        "i32": torch.arange(6, dtype=torch.int32).reshape(2, 3), "u8": torch.arange(4, dtype=torch.uint8),
+        "flag": torch.tensor([True, False]), "scalar": torch.tensor(3.5), "empty": torch.zeros(0, 5),
+        "big_smooth": torch.zeros(4096),
+    }
+    path = tmp_path / "model.pgolf"
+    info = save_artifact(path, config={"vocab_size": 1024}, tensors=tensors, codec=codec, meta={"run": "t"})
+    assert info.total_bytes == os.path.getsize(path)
+    assert set(info.tensor_bytes) == set(tensors) and sum(info.tensor_bytes.values()) < info.total_bytes
+    assert os.listdir(tmp_path) == ["model.pgolf"]  # no temporary file left behind
+    art = load_artifact(path, expected={k: tuple(v.shape) for k, v in tensors.items()})
+    for name, t in tensors.items():
+        assert_same(art.tensors[name], t)
+    assert info.tensor_bytes["big_smooth"] < (4096 * 4 if codec != "raw" else 4096 * 4 + 1)
+
+
+def test_rans_beats_zlib_and_overwrites_atomically(tmp_path):
+    tensors = {"w": qtensor((256, 256), 6, 9)}
+    path = tmp_path / "m.pgolf"
+    zlib_size = save_artifact(path, config={}, tensors=tensors, codec="zlib").total_bytes
+    rans_size = save_artifact(path, config={}, tensors=tensors, codec="rans").total_bytes
+    assert rans_size < zlib_size and os.path.getsize(path) == rans_size
+
+
+def test_bad_arguments(tmp_path):
+    _, tensors, _ = golden_inputs()
+    with pytest.raises(ValueError, match="codec must be one of"):
+        save_artifact(tmp_path / "a", config={}, tensors=tensors, codec="brotli")
+    with pytest.raises(ValueError, match="JSON"):
+        save_artifact(tmp_path / "a", config={"x": object()}, tensors=tensors)
+    with pytest.raises(TypeError, match="QTensor or torch.Tensor"):
+        save_artifact(tmp_path / "a", config={}, tensors={"x": np.zeros(3)})
+    with pytest.raises(ArtifactError, match="dtype"):
+        save_artifact(tmp_path / "a", config={}, tensors={"x": torch.zeros(2, dtype=torch.complex64)})
+    assert not (tmp_path / "a").exists()
+
+
+def corrupt(tmp_path, data, name="bad.pgolf"):
+    path = tmp_path / name
+    path.write_bytes(bytes(data))
+    return path
+
+
+def resealed(data):
+    """``data`` with its checksum recomputed (corruption the checksum cannot see)."""
+    return bytes(data[:-32]) + hashlib.sha256(bytes(data[:-32])).digest()
+
+
+def test_corruption_is_named(tmp_path):
+    good = GOLDEN.read_bytes()
+    hlen = struct.unpack_from("<I", good, 12)[0]
+    cases = [
+        (b"NOTPGOLF" + good[8:], "bad magic"),
+        (good[:8] + struct.pack("<I", 2) + good[12:], "unsupported artifact format version 2"),
+        (good[:10], "truncated"),
+        (good[:16 + hlen // 2], "truncated"),
+        (good[:16 + hlen + 5], "truncated"),
+        (good[:-1], "truncated"),
+        (good + b"\0", "unexpected bytes after"),
+        (good[:-40] + bytes([good[-40] ^ 1]) + good[-39:], "checksum mismatch"),
+        (good[:20] + bytes([good[20] ^ 4]) + good[21:], "checksum mismatch"),
+        (good[:-1] + bytes([good[-1] ^ 0x80]), "checksum mismatch"),
+    ]
+    for data, message in cases:
+        with pytest.raises(ArtifactError, match=message):
+            load_artifact(corrupt(tmp_path, data))
+
+
+def test_corruption_behind_a_valid_checksum_is_named(tmp_path):
+    good = GOLDEN.read_bytes()
+    hlen = struct.unpack_from("<I", good, 12)[0]
+    header = json.loads(good[16:16 + hlen])
+    qkv = header["tensors"][[e["name"] for e in header["tensors"]].index("blocks.0.attn.qkv.weight")]
+    at = 16 + hlen + qkv["codes"]["offset"] + qkv["codes"]["length"] - 3
+    flipped = bytearray(good)
+    flipped[at] ^= 0x10
+    with pytest.raises(ArtifactError, match="'blocks.0.attn.qkv.weight': rANS stream"):
+        load_artifact(corrupt(tmp_path, resealed(flipped)))
+
+    def with_header(mutate):
+        h = json.loads(good[16:16 + hlen])
+        mutate(h)
+        hb = json.dumps(h, sort_keys=True, separators=(",", ":")).encode()
+        return resealed(good[:12] + struct.pack("<I", len(hb)) + hb + good[16 + hlen:])
+
+    def shape(h):
+        h["tensors"][2]["shape"] = [5]
+
+    def offset(h):
+        h["tensors"][2]["data"]["offset"] = 10 ** 6
+
+    def kind(h):
+        h["tensors"][2]["kind"] = "fancy"
+
+    for mutate, message in [(shape, "has 16 bytes, 5 x torch.float32 needs 20"), (offset, "outside the"),
+                            (kind, "unknown kind 'fancy'")]:
+        with pytest.raises(ArtifactError, match=message):
+            load_artifact(corrupt(tmp_path, with_header(mutate)))
+
+
+def test_expected_names_and_shapes(tmp_path):
+    _, tensors, _ = golden_inputs()
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    missing = dict(shapes, extra=(3,))
+    with pytest.raises(ArtifactError, match="missing tensor.*'extra'"):
+        load_artifact(GOLDEN, expected=missing)
+    fewer = {k: v for k, v in shapes.items() if k != "step"}
+    with pytest.raises(ArtifactError, match="unexpected tensor.*'step'"):
+        load_artifact(GOLDEN, expected=fewer)
+    wrong = dict(shapes, **{"blocks.0.attn.qkv.weight": (16, 12)})
+    with pytest.raises(ArtifactError, match=r"'blocks.0.attn.qkv.weight' has shape \(12, 16\), expected \(16, 12\)"):
+        load_artifact(GOLDEN, expected=wrong)
