@@ -49,10 +49,17 @@ class Rotary(nn.Module):
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
+            self._build(seq_len, device)
+        return self._cache[2].to(dtype), self._cache[3].to(dtype)
+
+    @torch.inference_mode(False)
+    def _build(self, seq_len: int, device: torch.device) -> None:
+        """Fill the cache with ordinary tensors, even when first called under inference mode
+        (validation), so training can reuse them."""
+        with torch.no_grad():
             t = torch.arange(seq_len, device=device, dtype=torch.float32)
             freqs = torch.outer(t, self.inv_freq.to(device))  # [T, head_dim/2]
             self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
-        return self._cache[2].to(dtype), self._cache[3].to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

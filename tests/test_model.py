@@ -140,3 +140,13 @@ def test_fresh_model_has_official_init():
     assert any(p is model.skip_weights for p in groups["scalar"])
     n = sum(p.numel() for g in groups.values() for p in g)
     assert n == sum(p.numel() for p in model.parameters())
+
+
+def test_rope_tables_built_during_inference_serve_training():
+    cfg = ModelConfig(vocab_size=32, num_layers=1, model_dim=16, num_heads=2, num_kv_heads=1)
+    model = GPT(cfg)
+    x = torch.randint(0, 32, (1, 8))
+    with torch.inference_mode():
+        model.logits(x)  # validation first (as right after a resume)
+    model(x, x).backward()  # training must reuse the cached tables
+    assert model.blocks[0].attn.c_q.weight.grad is not None
