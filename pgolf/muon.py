@@ -92,7 +92,8 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.dim() != 2:
-                    raise ValueError(f"Muon only takes 2-D parameters (use Adam for the rest), got shape {tuple(p.shape)}")
+                    raise ValueError(f"Muon only takes 2-D parameters (use Adam for the rest), "
+                                     f"got shape {tuple(p.shape)}")
         self.impl = impl
         self.ns_dtype = ns_dtype
 

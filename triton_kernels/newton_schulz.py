@@ -72,7 +72,7 @@ from typing import Sequence
 
 import torch
 
-from ._dispatch import resolve_impl
+from ._dispatch import interpreter_enabled, resolve_impl
 
 Coeffs = tuple[tuple[float, float, float], ...]
 
@@ -265,8 +265,9 @@ def newton_schulz_triton(x: torch.Tensor, *, coeffs: Sequence[tuple[float, float
     Bt, M, N = x.shape
     if M > N:
         raise ValueError(f"newton_schulz_triton expects wide matrices (m <= n), got {M}x{N}; transpose first")
-    if not (x.is_cuda or x.device.type == "cpu"):
-        raise ValueError(f"newton_schulz_triton needs a CUDA tensor (or a CPU one under TRITON_INTERPRET=1), got {x.device}")
+    if not (x.is_cuda or (x.device.type == "cpu" and interpreter_enabled())):
+        raise ValueError(f"newton_schulz_triton needs a CUDA tensor (or a CPU one under TRITON_INTERPRET=1), "
+                         f"got {x.device}")
     if Bt > 65535:
         raise ValueError(f"newton_schulz_triton supports at most 65535 matrices per call, got {Bt}")
     if not coeffs:
