@@ -72,7 +72,7 @@ from typing import Sequence
 
 import torch
 
-from ._dispatch import resolve_impl
+from ._dispatch import interpreter_enabled, resolve_impl
 
 Coeffs = tuple[tuple[float, float, float], ...]
 
@@ -167,9 +167,24 @@ def newton_schulz_reference(x: torch.Tensor, *, steps: int = 5, schedule: Schedu
 @functools.lru_cache(maxsize=None)
 def _kernels():
     """Build the Triton kernels on first use, so importing this module never imports triton."""
-    global triton, tl
+    global triton, tl, _mm_tile
     import triton
     import triton.language as tl
+
+    @triton.jit
+    def _mm_tile(a_ptr, stride_am, stride_ak, b_ptr, stride_bk, stride_bn, offs_m, offs_n, M, N, K,
+                 PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        # fp32 tile (A @ B)[offs_m, offs_n] of A: [M, K], B: [K, N]; out-of-range rows/cols read 0.
+        offs_k = tl.arange(0, BK)  # [BK]
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            kk = k0 + offs_k
+            a = tl.load(a_ptr + offs_m[:, None] * stride_am + kk[None, :] * stride_ak,
+                        mask=(offs_m[:, None] < M) & (kk[None, :] < K), other=0.0)  # [BM, BK]
+            b = tl.load(b_ptr + kk[:, None] * stride_bk + offs_n[None, :] * stride_bn,
+                        mask=(kk[:, None] < K) & (offs_n[None, :] < N), other=0.0)  # [BK, BN]
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        return acc
 
     @triton.jit
     def _ns_sym_kernel(x_ptr, c_ptr, out_ptr, M, K,
@@ -188,16 +203,9 @@ def _kernels():
         x_ptr += pid_b * stride_xb
         offs_i = pid_i * BM + tl.arange(0, BM)  # [BM]
         offs_j = pid_j * BM + tl.arange(0, BM)  # [BM]
-        offs_k = tl.arange(0, BK)  # [BK]
-        acc = tl.zeros((BM, BM), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            kk = k0 + offs_k
-            xi = tl.load(x_ptr + offs_i[:, None] * stride_xm + kk[None, :] * stride_xk,
-                         mask=(offs_i[:, None] < M) & (kk[None, :] < K), other=0.0)  # [BM, BK]
-            xj = tl.load(x_ptr + offs_j[None, :] * stride_xm + kk[:, None] * stride_xk,
-                         mask=(offs_j[None, :] < M) & (kk[:, None] < K), other=0.0)  # [BK, BM]
-            acc = tl.dot(xi, xj, acc, input_precision=PRECISION)
-        acc = acc * alpha
+        # X^T is X read with its two strides swapped
+        acc = _mm_tile(x_ptr, stride_xm, stride_xk, x_ptr, stride_xk, stride_xm, offs_i, offs_j, M, M, K,
+                       PRECISION, BM, BM, BK) * alpha  # [BM, BM]
         mask = (offs_i[:, None] < M) & (offs_j[None, :] < M)  # [BM, BM]
         if HAS_C:
             c = tl.load(c_ptr + pid_b * stride_cb + offs_i[:, None] * stride_cm + offs_j[None, :] * stride_cn,
@@ -221,19 +229,11 @@ def _kernels():
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         pid_b = tl.program_id(2).to(tl.int64)
-        b_ptr += pid_b * stride_bb
         x_ptr += pid_b * stride_xb
         offs_m = pid_m * BM + tl.arange(0, BM)  # [BM]
         offs_n = pid_n * BN + tl.arange(0, BN)  # [BN]
-        offs_k = tl.arange(0, BK)  # [BK]
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, M, BK):
-            kk = k0 + offs_k
-            bt = tl.load(b_ptr + offs_m[:, None] * stride_bm + kk[None, :] * stride_bk,
-                         mask=(offs_m[:, None] < M) & (kk[None, :] < M), other=0.0)  # [BM, BK]
-            xt = tl.load(x_ptr + kk[:, None] * stride_xm + offs_n[None, :] * stride_xn,
-                         mask=(kk[:, None] < M) & (offs_n[None, :] < N), other=0.0)  # [BK, BN]
-            acc = tl.dot(bt, xt, acc, input_precision=PRECISION)
+        acc = _mm_tile(b_ptr + pid_b * stride_bb, stride_bm, stride_bk, x_ptr, stride_xm, stride_xn,
+                       offs_m, offs_n, M, N, M, PRECISION, BM, BN, BK)  # [BM, BN]
         mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)  # [BM, BN]
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_n[None, :] * stride_xn, mask=mask, other=0.0)
         acc += a_coef * x.to(tl.float32)
@@ -265,8 +265,9 @@ def newton_schulz_triton(x: torch.Tensor, *, coeffs: Sequence[tuple[float, float
     Bt, M, N = x.shape
     if M > N:
         raise ValueError(f"newton_schulz_triton expects wide matrices (m <= n), got {M}x{N}; transpose first")
-    if not (x.is_cuda or x.device.type == "cpu"):
-        raise ValueError(f"newton_schulz_triton needs a CUDA tensor (or a CPU one under TRITON_INTERPRET=1), got {x.device}")
+    if not (x.is_cuda or (x.device.type == "cpu" and interpreter_enabled())):
+        raise ValueError(f"newton_schulz_triton needs a CUDA tensor (or a CPU one under TRITON_INTERPRET=1), "
+                         f"got {x.device}")
     if Bt > 65535:
         raise ValueError(f"newton_schulz_triton supports at most 65535 matrices per call, got {Bt}")
     if not coeffs:
