@@ -74,7 +74,7 @@ class OptimConfig:
     muon_momentum_warmup_steps: int = 500
     muon_backend_steps: int = 5
     # Newton-Schulz coefficient schedule: "quintic" (3.4445, -4.7750, 2.0315) x backend_steps,
-    # "polar_express", or a JSON list of [a, b, c] triples.
+    # "polar_express" (arXiv:2505.16932), "polar_express_5", or a JSON list of [a, b, c] triples.
     ns_schedule: str = "quintic"
     muon_weight_decay: float = 0.0
     muon_row_norm: bool = False
@@ -235,6 +235,7 @@ class RunConfig:
         if q.qat_start_frac >= 1.0:
             raise ConfigError(f"quant.qat_start_frac must be < 1 (negative disables QAT), got {q.qat_start_frac}")
         parse_policy(q.policy)
+        _check_ns_schedule(o.ns_schedule, o.muon_backend_steps)
         return self
 
     def grad_accum_steps(self, world_size: int) -> int:
@@ -263,6 +264,21 @@ def parse_policy(policy: str) -> list[tuple[str, int]]:
             raise ConfigError(f"quant.policy bits for {pattern!r} must be 0 (float) or 2..8, got {b}")
         rules.append((pattern.strip(), b))
     return rules
+
+
+def _check_ns_schedule(schedule: str, steps: int) -> None:
+    from triton_kernels.newton_schulz import ns_coefficients
+
+    value: Any = schedule
+    if schedule.lstrip().startswith("["):
+        try:
+            value = json.loads(schedule)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"optim.ns_schedule is not a valid JSON list: {e}") from None
+    try:
+        ns_coefficients(value, steps)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"optim.ns_schedule: {e}") from None
 
 
 _SECTIONS = ("model", "data", "optim", "train", "quant")

@@ -56,6 +56,9 @@ def test_official_env_names_map_to_existing_keys():
     (["optim.beta2=1.0"], "optim.beta2 must be in [0, 1)"),
     (["train.max_wallclock_seconds=-5"], "must be >= 0"),
     (["noequals"], "--set expects key=value"),
+    (["optim.ns_schedule=cubic"], "optim.ns_schedule: unknown schedule 'cubic'"),
+    (["optim.ns_schedule=[[1, 2]]"], "optim.ns_schedule: a custom schedule must be"),
+    (["train.kernels=cuda"], "train.kernels must be auto, triton or torch"),
 ])
 def test_invalid_values_are_rejected_with_the_key_named(sets, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
