@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .layers import CastedLinear
+from .layers import CastedLinear, QuantEmbedding
 
 # Parameters that are control gains rather than weight matrices (official name patterns):
 # they go to Adam, stay fp32, and are stored unquantised.
@@ -143,7 +143,7 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        self.tok_emb = QuantEmbedding(cfg.vocab_size, cfg.model_dim)
         self.num_encoder_layers = cfg.num_layers // 2
         self.num_decoder_layers = cfg.num_layers - self.num_encoder_layers
         num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
@@ -175,7 +175,7 @@ class GPT(nn.Module):
     def logits_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
         """Soft-capped logits ``c * tanh(h W^T / c)`` from hidden states ``[..., D]``."""
         if self.lm_head is None:
-            raw = F.linear(h, self.tok_emb.weight.to(h.dtype))
+            raw = F.linear(h, self.tok_emb.effective_weight().to(h.dtype))
         else:
             raw = self.lm_head(h)
         c = self.cfg.logit_softcap

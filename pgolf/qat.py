@@ -1,4 +1,4 @@
-"""Quantisation-aware training: attach the export quantiser to every quantised ``CastedLinear``.
+"""Quantisation-aware training: attach the export quantiser to every weight export quantises.
 
 Usage in a training loop::
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from pgolf.config import QuantConfig
-from pgolf.layers import CastedLinear
+from pgolf.layers import QATModule
 from pgolf.quant import plan
 
 
@@ -45,22 +45,29 @@ class QATSpec:
 
 
 def enable_qat(model: nn.Module, qcfg: QuantConfig, *, impl: str = "auto") -> dict[str, int]:
-    """Attach a :class:`QATSpec` to every ``CastedLinear`` whose weight :func:`plan` quantises.
+    """Attach a :class:`QATSpec` to every QAT-capable layer whose weight :func:`plan` quantises.
 
     Layers the plan keeps float get ``qat = None``. QAT starts inactive (call
-    :func:`set_qat_state`). Returns ``{module name: bits}`` of the layers that got QAT. Weights
-    that are not ``CastedLinear`` (e.g. a tied embedding used as the head) are quantised at export
-    but not fake-quantised in training.
+    :func:`set_qat_state`). Returns ``{module name: bits}`` of the layers that got QAT.
+
+    Raises ``ValueError`` when the plan quantises a tensor that no QAT-capable layer owns: the
+    exporter would quantise a weight training never saw quantised (the classic quant-gap bug).
     """
     bits = plan(model.state_dict(), qcfg)
-    enabled = {}
+    enabled, covered = {}, set()
     for name, mod in model.named_modules():
-        if isinstance(mod, CastedLinear):
-            b = bits.get(f"{name}.weight" if name else "weight", 0)
+        if isinstance(mod, QATModule):
+            weight = f"{name}.weight" if name else "weight"
+            b = bits.get(weight, 0)
             mod.qat = QATSpec(bits=b, rule=qcfg.scale_rule, percentile=qcfg.clip_percentile, sigma=qcfg.clip_sigma,
                               surrogate=qcfg.qat_surrogate, impl=impl) if b else None
             if b:
                 enabled[name] = b
+                covered.add(weight)
+    uncovered = sorted(n for n, b in bits.items() if b and n not in covered)
+    if uncovered:
+        raise ValueError(f"QAT cannot fake-quantise {', '.join(uncovered)}, which export would quantise; "
+                         f"keep them float with quant.policy (e.g. {uncovered[0].split('.')[0]}=0)")
     set_qat_state(model, active=False, temperature=qcfg.qat_temperature_start)
     return enabled
 
@@ -74,7 +81,7 @@ def set_qat_state(model: nn.Module, *, active: bool, temperature: float = 1.0) -
         raise ValueError(f"temperature must be > 0, got {temperature}")
     seen = set()
     for mod in model.modules():
-        if isinstance(mod, CastedLinear) and mod.qat is not None:
+        if isinstance(mod, QATModule) and mod.qat is not None:
             for buf, value in ((mod.qat_active, bool(active)), (mod.qat_temperature, float(temperature))):
                 if id(buf) not in seen:
                     seen.add(id(buf))

@@ -7,8 +7,9 @@ The quantiser's math lives once, in :mod:`triton_kernels.fake_quant`; this modul
 Policy (from :class:`pgolf.config.QuantConfig`):
 
 * non-float tensors pass through untouched;
-* a float tensor is a candidate only if it is 2-D and has more than ``keep_float_max_numel``
-  elements (gains, scales, mixes and small matrices stay float);
+* a float tensor is a candidate only if it is 2-D, has more than ``keep_float_max_numel``
+  elements and is not a control tensor (:data:`pgolf.model.CONTROL_PATTERNS`: gains, scales,
+  residual mixes and skip weights always stay float, as in the official exporter);
 * a candidate takes the bits of the *first* ``policy`` pattern that is a substring of its name
   (``"mlp=5,attn=6,tok_emb=8"``), else ``bits``; a policy value of 0 keeps it float.
 
@@ -24,6 +25,7 @@ from typing import Mapping
 import torch
 
 from pgolf.config import QuantConfig, parse_policy
+from pgolf.model import CONTROL_PATTERNS
 from pgolf.qtensor import QTensor
 from triton_kernels.fake_quant import quantize_codes, row_scales
 
@@ -31,6 +33,8 @@ from triton_kernels.fake_quant import quantize_codes, row_scales
 def tensor_bits(name: str, tensor: torch.Tensor, qcfg: QuantConfig) -> int:
     """Bits for one named tensor under ``qcfg`` (0 = keep float); see the module docstring."""
     if not tensor.is_floating_point() or tensor.ndim != 2 or tensor.numel() <= qcfg.keep_float_max_numel:
+        return 0
+    if any(pattern in name for pattern in CONTROL_PATTERNS):
         return 0
     for pattern, bits in parse_policy(qcfg.policy):
         if pattern in name:

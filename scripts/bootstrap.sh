@@ -11,10 +11,14 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
+# pip, quiet; drops only the "Location ... is ignored" notes some pip configurations print.
+pip_install() {
+    "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2)
+}
+pip_install --upgrade pip
 # A CPU build of torch unless one is already there (an unpinned torch pulls CUDA wheels).
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-    "$VENV/bin/python" -m pip install -q "${PGOLF_TORCH_SPEC:-torch==2.13.0}"
+    pip_install "${PGOLF_TORCH_SPEC:-torch==2.13.0}"
 fi
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+pip_install -e ".[test]"
 echo "$want" > "$stamp"

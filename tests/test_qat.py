@@ -118,3 +118,17 @@ def test_python_bool_switch_is_specialised_by_compile():
     on = compiled(x)
     assert not torch.equal(on, off)
     assert counter.frame_count == 2  # a second graph was compiled for the flipped constant
+
+
+def test_enable_qat_refuses_a_tensor_export_would_quantise_but_training_cannot():
+    """The classic quant-gap bug: a weight quantised only at export. enable_qat names it."""
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = CastedLinear(16, 16)
+            self.table = nn.Parameter(torch.randn(16, 16))
+
+    qcfg = QuantConfig(bits=6, keep_float_max_numel=0)
+    with pytest.raises(ValueError, match=r"QAT cannot fake-quantise table, which export would quantise"):
+        enable_qat(Odd(), qcfg)
+    assert enable_qat(Odd(), QuantConfig(bits=6, keep_float_max_numel=0, policy="table=0")) == {"fc": 6}

@@ -188,3 +188,31 @@ def test_cli_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("train", "eval", "data", "config"):
         assert cmd in out
+
+
+def test_qat_training_export_load_gives_identical_logits(tiny_data, tmp_path):
+    """Train with QAT to the end, export, load the artifact: the loaded model's logits equal the
+    fake-quantised model's logits bit for bit, so the quantisation gap is exactly zero."""
+    from pgolf.export import load_exported
+    from pgolf.model import GPT
+    from pgolf.qat import enable_qat, set_qat_state
+
+    cfg = load_config("demo", sets=tiny_sets(tiny_data, tmp_path, **{
+        "train.iterations": 6, "quant.qat_start_frac": 0, "quant.bits": 6, "quant.scale_rule": "sigma",
+        "quant.policy": "mlp=5,tok_emb=8", "quant.keep_float_max_numel": 0, "quant.codec": "rans"}))
+    result = run_training(cfg, echo=False)
+    assert result["quant_gap_bpb"] == 0.0
+
+    trained = GPT(cfg.model)
+    trained.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt")["model"])
+    bits = enable_qat(trained, cfg.quant, impl="torch")
+    assert sorted(set(bits.values())) == [5, 6, 8] and bits["tok_emb"] == 8  # the policy reached every layer
+    set_qat_state(trained, active=True)
+    loaded = load_exported(tmp_path / "model.pgolf")
+    x = torch.randint(0, cfg.model.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fake_quant, exported = trained.logits(x), loaded.logits(x)
+        set_qat_state(trained, active=False)
+        full_precision = trained.logits(x)
+    assert torch.equal(fake_quant, exported)
+    assert not torch.equal(full_precision, exported)  # quantisation really happened

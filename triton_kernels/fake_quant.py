@@ -170,18 +170,30 @@ class _FakeQuantWeight(torch.autograd.Function):
         return (grad.float() * g).to(w.dtype), None, None, None, None
 
 
+def fake_quant_weight(weight: torch.Tensor, *, bits: int, rule: str = "maxabs", percentile: float = 99.99984,
+                      sigma: float = 12.85, surrogate: str = "ste", temperature: float | torch.Tensor = 1.0,
+                      active: bool | torch.Tensor = True) -> torch.Tensor:
+    """``where(active, fq(W), W)`` in ``W.dtype`` with the STE / soft-round gradient (pure torch).
+
+    For weights used outside a linear layer (a tied embedding: lookup and output head), where
+    the fused :func:`fake_quant_linear` does not apply. ``fq(W)`` equals the exporter's
+    ``dequantize(quantize(W))`` bit for bit.
+    """
+    scale = row_scales_reference(weight, bits=bits, rule=rule, percentile=percentile, sigma=sigma)
+    temperature = torch.as_tensor(temperature, dtype=torch.float32, device=weight.device)
+    w_eff = _FakeQuantWeight.apply(weight, scale, bits, surrogate, temperature)
+    if isinstance(active, torch.Tensor):
+        return torch.where(active, w_eff, weight)
+    return w_eff if active else weight
+
+
 def fake_quant_linear_reference(x: torch.Tensor, weight: torch.Tensor, *, bits: int, rule: str = "maxabs",
                                 percentile: float = 99.99984, sigma: float = 12.85, surrogate: str = "ste",
                                 temperature: float | torch.Tensor = 1.0,
                                 active: bool | torch.Tensor = True) -> torch.Tensor:
     """Pure-torch ``F.linear(x, where(active, fq(W), W).to(x.dtype))`` with the module's gradients."""
-    scale = row_scales_reference(weight, bits=bits, rule=rule, percentile=percentile, sigma=sigma)
-    temperature = torch.as_tensor(temperature, dtype=torch.float32, device=weight.device)
-    w_eff = _FakeQuantWeight.apply(weight, scale, bits, surrogate, temperature)
-    if isinstance(active, torch.Tensor):
-        w_eff = torch.where(active, w_eff, weight)
-    elif not active:
-        w_eff = weight
+    w_eff = fake_quant_weight(weight, bits=bits, rule=rule, percentile=percentile, sigma=sigma,
+                              surrogate=surrogate, temperature=temperature, active=active)
     return F.linear(x, w_eff.to(x.dtype))
 
 
