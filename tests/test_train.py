@@ -216,3 +216,27 @@ def test_qat_training_export_load_gives_identical_logits(tiny_data, tmp_path):
         full_precision = trained.logits(x)
     assert torch.equal(fake_quant, exported)
     assert not torch.equal(full_precision, exported)  # quantisation really happened
+
+
+def test_eval_command_scores_artifact_and_checkpoint_alike(tiny_data, tmp_path, capsys):
+    cfg = load_config("demo", sets=tiny_sets(tiny_data, tmp_path, **{"train.iterations": 3}))
+    result = run_training(cfg, echo=False)
+    common = ["--preset", "demo", "--val-glob", f"{tiny_data}/val_*.bin", "--tokenizer",
+              f"{tiny_data}/tokenizer.model", "--set", "train.seq_len=32", "--set", "train.kernels=torch", "--set", "train.val_batch_size=2048"]
+    assert cli_main(["eval", "--artifact", str(tmp_path / "model.pgolf"), *common]) == 0
+    from_artifact = capsys.readouterr().out
+    assert f"val_bpb:{result['val_bpb']:.8f}" in from_artifact  # same score as the training run printed
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "checkpoint.pt"), *common]) == 0
+    assert f"val_bpb:{result['pre_export_val_bpb']:.8f}" in capsys.readouterr().out
+
+
+def test_oversize_artifact_fails_loudly_but_keeps_the_file(tiny_data, tmp_path, monkeypatch):
+    from pgolf import export
+    monkeypatch.setattr(export, "SIZE_CAP_BYTES", 1000)
+    cfg = load_config("demo", sets=tiny_sets(tiny_data, tmp_path, **{"train.iterations": 2}))
+    with pytest.raises(export.OversizeError, match=r"> 1,000; shrink the model or pass --set allow_oversize=1"):
+        run_training(cfg, echo=False)
+    assert (tmp_path / "model.pgolf").exists() and (tmp_path / "checkpoint.pt").exists()
+    allowed = load_config("demo", sets=tiny_sets(tiny_data, tmp_path, **{"train.iterations": 2,
+                                                                         "train.allow_oversize": 1}))
+    assert run_training(allowed, echo=False)["bytes_total"] > 1000
