@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import Benchmark, Case, Contender
-from triton_kernels._dispatch import interpreter_enabled, triton_available
+from triton_kernels._dispatch import triton_unavailable
 from triton_kernels.fake_quant import (fake_quant_linear, fake_quant_linear_reference, fake_quant_reference,
                                        row_scales_reference)
 
@@ -82,14 +82,6 @@ def pgolf_triton(x, w, dy):
     return _fwd_bwd(functools.partial(fake_quant_linear, bits=BITS, impl="triton"), x, w, dy)
 
 
-def _triton_unavailable() -> str | None:
-    if not triton_available():
-        return "triton is not installed"
-    if not (torch.cuda.is_available() or interpreter_enabled()):
-        return "needs a CUDA GPU (or TRITON_INTERPRET=1)"
-    return None
-
-
 def reference(x, w, dy):
     """Float32 reference of the same fake-quant linear."""
     xf, dyf = x.detach().float().requires_grad_(), dy.float()
@@ -113,7 +105,7 @@ BENCHMARK = Benchmark(
         Contender("F.linear", plain_linear),
         Contender("torch eager fq", torch_eager),
         Contender("torch.compile fq", torch_compiled),
-        Contender("pgolf triton", pgolf_triton, unavailable=_triton_unavailable),
+        Contender("pgolf triton", pgolf_triton, unavailable=triton_unavailable),
     ],
     reference=reference,
     check=check,

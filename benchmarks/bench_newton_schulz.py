@@ -34,7 +34,7 @@ import functools
 import torch
 
 from benchmarks.harness import Benchmark, Case, Contender
-from triton_kernels._dispatch import interpreter_enabled, triton_available
+from triton_kernels._dispatch import triton_unavailable
 from triton_kernels.newton_schulz import newton_schulz, newton_schulz_reference
 
 LR, MOMENTUM, STEPS = 0.04, 0.95, 5
@@ -141,14 +141,6 @@ def check(out: list[torch.Tensor], ref: list[torch.Tensor]) -> str | None:
     return None
 
 
-def _triton_unavailable() -> str | None:
-    if not triton_available():
-        return "triton is not installed"
-    if not (torch.cuda.is_available() or interpreter_enabled()):
-        return "needs CUDA, or TRITON_INTERPRET=1 on a CPU"
-    return None
-
-
 def _modded_nanogpt_unavailable() -> str:
     return ("not run: modded-nanogpt's symmetric X X^T kernels live inside its training script, not in an "
             "installable package; running them here would mean copying its code")
@@ -160,7 +152,7 @@ BENCHMARK = Benchmark(
     contenders=[
         Contender("official_loop", official_loop),
         Contender("torch_compile_batched", torch_compile_batched),
-        Contender("pgolf_triton", pgolf_triton, unavailable=_triton_unavailable),
+        Contender("pgolf_triton", pgolf_triton, unavailable=triton_unavailable),
         Contender("modded_nanogpt_symmetric", lambda banks: None, unavailable=_modded_nanogpt_unavailable),
     ],
     reference=reference,

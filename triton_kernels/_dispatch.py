@@ -19,6 +19,19 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def triton_unavailable(*tensors: torch.Tensor) -> str | None:
+    """Why the Triton path cannot run for these tensors (none given: on this machine), else None."""
+    return _unavailable(all(t.is_cuda for t in tensors) if tensors else torch.cuda.is_available())
+
+
+def _unavailable(on_cuda: bool) -> str | None:
+    if not triton_available():
+        return "triton is not installed (pip install triton)"
+    if not (on_cuda or interpreter_enabled()):
+        return "needs CUDA tensors, or TRITON_INTERPRET=1 to run on the CPU"
+    return None
+
+
 def resolve_impl(impl: str, *tensors: torch.Tensor) -> str:
     """Return ``"triton"`` or ``"torch"`` for ``impl`` and the tensors an op was given.
 
@@ -27,14 +40,9 @@ def resolve_impl(impl: str, *tensors: torch.Tensor) -> str:
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    on_cuda = bool(tensors) and all(t.is_cuda for t in tensors)
-    runnable = triton_available() and (on_cuda or interpreter_enabled())
     if impl == "torch":
         return "torch"
-    if impl == "triton":
-        if not triton_available():
-            raise RuntimeError("impl='triton' needs the triton package (pip install triton)")
-        if not runnable:
-            raise RuntimeError("impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 to run on the CPU")
-        return "triton"
-    return "triton" if runnable else "torch"
+    reason = _unavailable(bool(tensors) and all(t.is_cuda for t in tensors))
+    if impl == "triton" and reason is not None:
+        raise RuntimeError(f"impl='triton' {reason}")
+    return "triton" if reason is None else "torch"
