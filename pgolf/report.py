@@ -55,7 +55,7 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, *, title: st
         return None
     rows = read_metrics(metrics_path)
     train = [(r["step"], r["train_loss"]) for r in rows if r["event"] == "train"]
-    val = [(r["step"], r["val_bpb"]) for r in rows if r["event"] == "val"]
+    val = [(r["step"], r["val_bpb"], r.get("full", True)) for r in rows if r["event"] == "val"]
     if not train and not val:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -65,10 +65,15 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, *, title: st
     ax.set_ylabel("train loss (nats/token)")
     if val:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*val), "o-", label="val bpb", color="tab:red")
+        partial = [(s, b) for s, b, full in val if not full]
+        full = [(s, b) for s, b, full in val if full]
+        if partial:
+            ax2.plot(*zip(*partial), "o--", label="val bpb (periodic, capped subset)", color="tab:orange")
+        if full:
+            ax2.plot(*zip(*full), "s", markersize=8, label="val bpb (full split)", color="tab:red")
         ax2.set_ylabel("val bpb (bits/byte)")
-        ax2.legend(loc="upper center")
-    ax.legend(loc="upper right")
+        ax2.legend(loc="center right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title or "pgolf training")
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
