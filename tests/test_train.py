@@ -240,3 +240,18 @@ def test_oversize_artifact_fails_loudly_but_keeps_the_file(tiny_data, tmp_path, 
     allowed = load_config("demo", sets=tiny_sets(tiny_data, tmp_path, **{"train.iterations": 2,
                                                                          "train.allow_oversize": 1}))
     assert run_training(allowed, echo=False)["bytes_total"] > 1000
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_after_the_warmup_is_undone(tiny_data, tmp_path):
+    """torch.compile's warm-up steps (training batches only) are rolled back: the compiled run's
+    losses equal the eager run's."""
+    losses = {}
+    for compiled in (False, True):
+        run_dir = tmp_path / str(compiled)
+        cfg = load_config("demo", sets=tiny_sets(tiny_data, run_dir, **{
+            "train.iterations": 4, "train.compile": compiled, "train.warmup_steps": 2, "train.checkpoint_every": 0}))
+        run_training(cfg, echo=False)
+        losses[compiled] = train_losses(run_dir)
+    assert "warmup_step:2/2" in (tmp_path / "True" / "train.log").read_text()
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
