@@ -2,6 +2,7 @@
 // Layout: see bitpack.h. Needs a little-endian host (8 int8 codes are loaded as one uint64).
 #include "bitpack.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -65,6 +66,8 @@ void pack_impl(const int8_t* codes, size_t count, uint8_t* out) {
     constexpr uint64_t off = kOnes * (1u << (B - 1));
     constexpr uint64_t over = kOnes * (uint8_t)(0xFFu << B);  // bits that must be 0 in every field
     const size_t full = count / 8;
+    const size_t nbytes = (count * B + 7) / 8;
+    const size_t wide = nbytes >= 8 ? (nbytes - 8) / B + 1 : 0;  // steps i with B*i + 8 <= nbytes
     for (size_t b0 = 0; b0 < full; b0 += kBlock / 8) {
         const size_t b1 = b0 + kBlock / 8 < full ? b0 + kBlock / 8 : full;
         uint64_t bad = 0;
@@ -74,7 +77,10 @@ void pack_impl(const int8_t* codes, size_t count, uint8_t* out) {
             const uint64_t u = add_bytes(x, off);
             bad |= u & over;
             const uint64_t packed = compact<B>(u);
-            std::memcpy(out + B * i, &packed, B);
+            // A full 8-byte store where it fits (its zero high bytes are overwritten by the
+            // next step); exactly B bytes at the very end.
+            if (i < wide) std::memcpy(out + B * i, &packed, 8);
+            else std::memcpy(out + B * i, &packed, B);
         }
         if (bad) throw_out_of_range(codes, 8 * b0, 8 * b1, B);
     }
@@ -95,8 +101,18 @@ void pack_impl(const int8_t* codes, size_t count, uint8_t* out) {
 template <int B>
 void unpack_impl(const uint8_t* data, size_t count, int8_t* out) {
     constexpr uint64_t off = kOnes * (1u << (B - 1));
+    constexpr uint64_t low = B == 8 ? ~0ULL : (1ULL << (8 * B)) - 1;
     const size_t full = count / 8;
-    for (size_t i = 0; i < full; ++i) {
+    const size_t nbytes = (count * B + 7) / 8;
+    const size_t wide = std::min(full, nbytes >= 8 ? (nbytes - 8) / B + 1 : 0);  // B*i + 8 <= nbytes
+    size_t i = 0;
+    for (; i < wide; ++i) {  // a full 8-byte load, masked to the step's 8B bits
+        uint64_t x;
+        std::memcpy(&x, data + B * i, 8);
+        const uint64_t v = sub_bytes(spread<B>(x & low), off);
+        std::memcpy(out + 8 * i, &v, 8);
+    }
+    for (; i < full; ++i) {
         uint64_t x = 0;
         std::memcpy(&x, data + B * i, B);
         const uint64_t v = sub_bytes(spread<B>(x), off);
