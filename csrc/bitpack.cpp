@@ -6,6 +6,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "errors.h"
 
@@ -63,6 +64,10 @@ inline uint64_t spread(uint64_t x) {
 
 template <int B>
 void pack_impl(const int8_t* codes, size_t count, uint8_t* out) {
+    if constexpr (B == 8) {  // every int8 is in range: a plain byte loop the compiler vectorises
+        for (size_t i = 0; i < count; ++i) out[i] = uint8_t(codes[i]) ^ 0x80;
+        return;
+    }
     constexpr uint64_t off = kOnes * (1u << (B - 1));
     constexpr uint64_t over = kOnes * (uint8_t)(0xFFu << B);  // bits that must be 0 in every field
     const size_t full = count / 8;
@@ -100,6 +105,10 @@ void pack_impl(const int8_t* codes, size_t count, uint8_t* out) {
 
 template <int B>
 void unpack_impl(const uint8_t* data, size_t count, int8_t* out) {
+    if constexpr (B == 8) {
+        for (size_t i = 0; i < count; ++i) out[i] = int8_t(data[i] ^ 0x80);
+        return;
+    }
     constexpr uint64_t off = kOnes * (1u << (B - 1));
     constexpr uint64_t low = B == 8 ? ~0ULL : (1ULL << (8 * B)) - 1;
     const size_t full = count / 8;
@@ -127,6 +136,21 @@ void unpack_impl(const uint8_t* data, size_t count, int8_t* out) {
     }
 }
 
+// Calls fn(std::integral_constant<int, bits>) for bits in 2..8 (checked by the caller).
+template <typename Fn>
+void with_bits(int bits, Fn&& fn) {
+    using std::integral_constant;
+    switch (bits) {
+        case 2: return fn(integral_constant<int, 2>());
+        case 3: return fn(integral_constant<int, 3>());
+        case 4: return fn(integral_constant<int, 4>());
+        case 5: return fn(integral_constant<int, 5>());
+        case 6: return fn(integral_constant<int, 6>());
+        case 7: return fn(integral_constant<int, 7>());
+        default: return fn(integral_constant<int, 8>());
+    }
+}
+
 void check_bits(int bits) {
     if (bits < 2 || bits > 8) throw std::invalid_argument("bits must be in 2..8, got " + std::to_string(bits));
 }
@@ -141,15 +165,7 @@ size_t packed_size(size_t count, int bits) {
 
 void pack_bits(const int8_t* codes, size_t count, int bits, uint8_t* out) {
     check_bits(bits);
-    switch (bits) {
-        case 2: return pack_impl<2>(codes, count, out);
-        case 3: return pack_impl<3>(codes, count, out);
-        case 4: return pack_impl<4>(codes, count, out);
-        case 5: return pack_impl<5>(codes, count, out);
-        case 6: return pack_impl<6>(codes, count, out);
-        case 7: return pack_impl<7>(codes, count, out);
-        default: return pack_impl<8>(codes, count, out);
-    }
+    with_bits(bits, [&](auto b) { pack_impl<decltype(b)::value>(codes, count, out); });
 }
 
 void check_packed_length(size_t nbytes, int bits, size_t count) {
@@ -167,15 +183,7 @@ void unpack_bits(const uint8_t* data, size_t nbytes, int bits, size_t count, int
         throw stream_error("packed data has nonzero padding bits in its last byte (value " +
                            std::to_string(data[nbytes - 1]) + ")");
     }
-    switch (bits) {
-        case 2: return unpack_impl<2>(data, count, out);
-        case 3: return unpack_impl<3>(data, count, out);
-        case 4: return unpack_impl<4>(data, count, out);
-        case 5: return unpack_impl<5>(data, count, out);
-        case 6: return unpack_impl<6>(data, count, out);
-        case 7: return unpack_impl<7>(data, count, out);
-        default: return unpack_impl<8>(data, count, out);
-    }
+    with_bits(bits, [&](auto b) { unpack_impl<decltype(b)::value>(data, count, out); });
 }
 
 }  // namespace pgolf
