@@ -2,9 +2,11 @@
 // Layout: see bitpack.h. Needs a little-endian host (8 int8 codes are loaded as one uint64).
 #include "bitpack.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "errors.h"
 
@@ -62,9 +64,15 @@ inline uint64_t spread(uint64_t x) {
 
 template <int B>
 void pack_impl(const int8_t* codes, size_t count, uint8_t* out) {
+    if constexpr (B == 8) {  // every int8 is in range: a plain byte loop the compiler vectorises
+        for (size_t i = 0; i < count; ++i) out[i] = uint8_t(codes[i]) ^ 0x80;
+        return;
+    }
     constexpr uint64_t off = kOnes * (1u << (B - 1));
     constexpr uint64_t over = kOnes * (uint8_t)(0xFFu << B);  // bits that must be 0 in every field
     const size_t full = count / 8;
+    const size_t nbytes = (count * B + 7) / 8;
+    const size_t wide = nbytes >= 8 ? (nbytes - 8) / B + 1 : 0;  // steps i with B*i + 8 <= nbytes
     for (size_t b0 = 0; b0 < full; b0 += kBlock / 8) {
         const size_t b1 = b0 + kBlock / 8 < full ? b0 + kBlock / 8 : full;
         uint64_t bad = 0;
@@ -74,7 +82,10 @@ void pack_impl(const int8_t* codes, size_t count, uint8_t* out) {
             const uint64_t u = add_bytes(x, off);
             bad |= u & over;
             const uint64_t packed = compact<B>(u);
-            std::memcpy(out + B * i, &packed, B);
+            // A full 8-byte store where it fits (its zero high bytes are overwritten by the
+            // next step); exactly B bytes at the very end.
+            if (i < wide) std::memcpy(out + B * i, &packed, 8);
+            else std::memcpy(out + B * i, &packed, B);
         }
         if (bad) throw_out_of_range(codes, 8 * b0, 8 * b1, B);
     }
@@ -94,9 +105,23 @@ void pack_impl(const int8_t* codes, size_t count, uint8_t* out) {
 
 template <int B>
 void unpack_impl(const uint8_t* data, size_t count, int8_t* out) {
+    if constexpr (B == 8) {
+        for (size_t i = 0; i < count; ++i) out[i] = int8_t(data[i] ^ 0x80);
+        return;
+    }
     constexpr uint64_t off = kOnes * (1u << (B - 1));
+    constexpr uint64_t low = B == 8 ? ~0ULL : (1ULL << (8 * B)) - 1;
     const size_t full = count / 8;
-    for (size_t i = 0; i < full; ++i) {
+    const size_t nbytes = (count * B + 7) / 8;
+    const size_t wide = std::min(full, nbytes >= 8 ? (nbytes - 8) / B + 1 : 0);  // B*i + 8 <= nbytes
+    size_t i = 0;
+    for (; i < wide; ++i) {  // a full 8-byte load, masked to the step's 8B bits
+        uint64_t x;
+        std::memcpy(&x, data + B * i, 8);
+        const uint64_t v = sub_bytes(spread<B>(x & low), off);
+        std::memcpy(out + 8 * i, &v, 8);
+    }
+    for (; i < full; ++i) {
         uint64_t x = 0;
         std::memcpy(&x, data + B * i, B);
         const uint64_t v = sub_bytes(spread<B>(x), off);
@@ -108,6 +133,21 @@ void unpack_impl(const uint8_t* data, size_t count, int8_t* out) {
         std::memcpy(&x, data + B * full, (rem * B + 7) / 8);
         const uint64_t v = sub_bytes(spread<B>(x), off);
         std::memcpy(out + 8 * full, &v, rem);
+    }
+}
+
+// Calls fn(std::integral_constant<int, bits>) for bits in 2..8 (checked by the caller).
+template <typename Fn>
+void with_bits(int bits, Fn&& fn) {
+    using std::integral_constant;
+    switch (bits) {
+        case 2: return fn(integral_constant<int, 2>());
+        case 3: return fn(integral_constant<int, 3>());
+        case 4: return fn(integral_constant<int, 4>());
+        case 5: return fn(integral_constant<int, 5>());
+        case 6: return fn(integral_constant<int, 6>());
+        case 7: return fn(integral_constant<int, 7>());
+        default: return fn(integral_constant<int, 8>());
     }
 }
 
@@ -125,15 +165,7 @@ size_t packed_size(size_t count, int bits) {
 
 void pack_bits(const int8_t* codes, size_t count, int bits, uint8_t* out) {
     check_bits(bits);
-    switch (bits) {
-        case 2: return pack_impl<2>(codes, count, out);
-        case 3: return pack_impl<3>(codes, count, out);
-        case 4: return pack_impl<4>(codes, count, out);
-        case 5: return pack_impl<5>(codes, count, out);
-        case 6: return pack_impl<6>(codes, count, out);
-        case 7: return pack_impl<7>(codes, count, out);
-        default: return pack_impl<8>(codes, count, out);
-    }
+    with_bits(bits, [&](auto b) { pack_impl<decltype(b)::value>(codes, count, out); });
 }
 
 void check_packed_length(size_t nbytes, int bits, size_t count) {
@@ -151,15 +183,7 @@ void unpack_bits(const uint8_t* data, size_t nbytes, int bits, size_t count, int
         throw stream_error("packed data has nonzero padding bits in its last byte (value " +
                            std::to_string(data[nbytes - 1]) + ")");
     }
-    switch (bits) {
-        case 2: return unpack_impl<2>(data, count, out);
-        case 3: return unpack_impl<3>(data, count, out);
-        case 4: return unpack_impl<4>(data, count, out);
-        case 5: return unpack_impl<5>(data, count, out);
-        case 6: return unpack_impl<6>(data, count, out);
-        case 7: return unpack_impl<7>(data, count, out);
-        default: return unpack_impl<8>(data, count, out);
-    }
+    with_bits(bits, [&](auto b) { unpack_impl<decltype(b)::value>(data, count, out); });
 }
 
 }  // namespace pgolf

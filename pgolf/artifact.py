@@ -133,7 +133,8 @@ def save_artifact(path: str | os.PathLike, *, config: dict, tensors: Mapping[str
             rows, cols = codes.shape
             if rows * cols != math.prod(t.shape):
                 raise ValueError(f"tensor {name!r}: codes {tuple(codes.shape)} do not hold shape {tuple(t.shape)}")
-            blob = _codec.rans_encode(codes, t.bits) if codec == "rans" else codes.numpy().tobytes()
+            blob = (_codec.rans_encode(codes, t.bits, scales=t.scale) if codec == "rans"
+                    else codes.numpy().tobytes())
             entry = {"name": name, "kind": "q", "shape": list(t.shape), "dtype": _dtype_name(t.dtype),
                      "bits": t.bits, "rows": rows, "cols": cols,
                      "codes": payload(blob, codec), "scale": payload(_tensor_bytes(t.scale), side)}

@@ -6,9 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+if ! "$PY" -c "import pybind11, setuptools, pytest, numpy, torch" 2>/dev/null; then
+    echo "ERROR: $PY needs pybind11, setuptools, pytest, numpy and torch (set PYTHON=... or pip install them)" >&2
+    exit 1
+fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/pgolf-sanitize.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-cp -r setup.py pyproject.toml csrc pgolf tests "$tmp"/
+cp -r setup.py pyproject.toml csrc pgolf tests benchmarks "$tmp"/
 rm -f "$tmp"/pgolf/_codec*.so
 cd "$tmp"
 PGOLF_SANITIZE=1 "$PY" setup.py -q build_ext --inplace >build.log 2>&1 || { cat build.log; exit 1; }
@@ -30,4 +34,4 @@ import pgolf._codec, os, sys
 if not pgolf._codec.__file__.startswith(os.getcwd()):
     sys.exit(f"sanitize.sh: imported the wrong extension: {pgolf._codec.__file__}")
 PYEOF
-LD_PRELOAD="$preload" PYTHONPATH="$tmp" "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}" "$@"
+LD_PRELOAD="$preload" PYTHONPATH="$tmp" "$PY" -m pytest -q -p no:cacheprovider -p no:faulthandler --capture=sys "${tests[@]}" "$@"

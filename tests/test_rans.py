@@ -224,3 +224,16 @@ def test_row_groups_beat_the_tensor_floor_and_reach_the_group_floor():
     assert len(data) <= 1.005 * group_floor, len(data) / group_floor
     scales = np.where(order < 128, 1.0, 2.0).astype(np.float32)
     np.testing.assert_array_equal(codec.rans_decode(codec.rans_encode(x, 6, scales=scales)), x)
+
+
+def test_quick_benchmark_rans_beats_general_compressors(tmp_path):
+    from benchmarks.bench_codec import main
+
+    result = main(["--quick", "--methods", "zstd-22,lzma-9e", "--out", str(tmp_path)])
+    assert (tmp_path / "codec.md").exists() and (tmp_path / "codec.csv").exists()
+    rows = result["rows"]
+    for case in {r.case for r in rows}:
+        mine = next(r for r in rows if r.case == case and r.method == "pgolf-rans")
+        best_other = min(r.bytes for r in rows if r.case == case and r.method != "pgolf-rans")
+        assert mine.bytes < best_other, case
+        assert mine.ratio_group_floor < 1.012, (case, mine.ratio_group_floor)  # 64K-value tensors: tables show
