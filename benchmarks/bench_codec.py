@@ -35,13 +35,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # ------------------------------------------------------------------------------ cases
 
 def quantise_rows(w: np.ndarray, bits: int, rule: str, k: float = 4.0) -> np.ndarray:
-    """Symmetric per-row quantisation (as pgolf.qtensor.QTensor): clip at the row max-abs or at
-    ``k`` row standard deviations, fp16 scale, round to nearest, codes in [-qmax, qmax]."""
-    qmax = 2 ** (bits - 1) - 1
-    clip = np.abs(w).max(1) if rule == "maxabs" else k * w.std(1)
-    scale = np.maximum(clip / qmax, 1e-12).astype(np.float16).astype(np.float32)
-    scale = np.where(scale > 0, scale, 1.0)
-    return np.clip(np.round(w / scale[:, None]), -qmax, qmax).astype(np.int8)
+    """Per-row codes exactly as pgolf exports them (:mod:`triton_kernels.fake_quant`: max-abs or
+    ``k`` row standard deviations, fp16 scale, round half to even, codes in [-qmax, qmax])."""
+    import torch
+
+    from triton_kernels.fake_quant import quantize_codes, row_scales_reference
+    t = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+    return quantize_codes(t, row_scales_reference(t, bits=bits, rule=rule, sigma=k), bits).numpy()
 
 
 def weights(rng, shape, dist: str, row_spread: float = 1.0) -> np.ndarray:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from pgolf import codec as _codec
+from pgolf.atomic import atomic_write_bytes
 from pgolf.qtensor import QTensor
 
 MAGIC = b"PGOLFART"
@@ -155,16 +156,7 @@ def save_artifact(path: str | os.PathLike, *, config: dict, tensors: Mapping[str
     data = body + hashlib.sha256(body).digest()
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_bytes(path, lambda f: f.write(data))
     size = os.path.getsize(path)
     if size != len(data):
         raise OSError(f"{path}: wrote {len(data)} bytes but the file has {size}")

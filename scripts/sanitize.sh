@@ -12,7 +12,7 @@ if ! "$PY" -c "import pybind11, setuptools, pytest, numpy, torch" 2>/dev/null; t
 fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/pgolf-sanitize.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-cp -r setup.py pyproject.toml csrc pgolf tests benchmarks "$tmp"/
+cp -r setup.py pyproject.toml csrc pgolf triton_kernels tests benchmarks "$tmp"/
 rm -f "$tmp"/pgolf/_codec*.so
 cd "$tmp"
 PGOLF_SANITIZE=1 "$PY" setup.py -q build_ext --inplace >build.log 2>&1 || { cat build.log; exit 1; }

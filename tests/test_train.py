@@ -255,3 +255,18 @@ def test_compiled_training_matches_eager_after_the_warmup_is_undone(tiny_data, t
         losses[compiled] = train_losses(run_dir)
     assert "warmup_step:2/2" in (tmp_path / "True" / "train.log").read_text()
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_triton_kernels_and_torch_references_train_alike(tiny_data, tmp_path):
+    """Same seed, Muon's Newton-Schulz and the QAT linear through Triton (the interpreter on a CPU)
+    vs their torch references: the per-step losses agree."""
+    losses = {}
+    for kernels in ("torch", "triton"):
+        run_dir = tmp_path / kernels
+        cfg = load_config("demo", sets=tiny_sets(tiny_data, run_dir, **{
+            "train.iterations": 3, "train.kernels": kernels, "train.checkpoint_every": 0, "train.val_loss_every": 0,
+            "quant.qat_start_frac": 0, "quant.bits": 6, "quant.keep_float_max_numel": 0, "quant.policy": "tok_emb=0"}))
+        run_training(cfg, echo=False)
+        losses[kernels] = train_losses(run_dir)
+    assert len(losses["triton"]) == 3
+    assert losses["triton"] == pytest.approx(losses["torch"], rel=1e-4)
