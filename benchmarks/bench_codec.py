@@ -82,9 +82,11 @@ def make_cases(quick: bool) -> dict[str, tuple[int, list[np.ndarray]]]:
 
 
 def state_dict_case(path: str, bits: int, rule: str) -> dict[str, tuple[int, list[np.ndarray]]]:
-    """Hook for a trained model: every floating 2-D+ tensor of a saved state dict (.pt), per-row quantised."""
+    """A trained model: every floating 2-D+ tensor of a saved state dict or pgolf checkpoint, per-row quantised."""
     import torch
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+
+    from pgolf.checkpoint import load_checkpoint
+    sd = load_checkpoint(path)  # a plain state dict, or a pgolf checkpoint holding one under "model"
     sd = sd.get("model", sd) if isinstance(sd, dict) else sd
     mats = [t.detach().float().reshape(t.shape[0], -1).numpy() for t in sd.values()
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim >= 2]
