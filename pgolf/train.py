@@ -87,12 +87,13 @@ def _all_reduce_mean(x: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return x
 
 
-def _any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
+def _any_rank(flags: tuple[bool, ...], env: DistEnv, device: torch.device) -> tuple[bool, ...]:
+    """Each flag OR-ed over all ranks, in one collective, so every rank takes the same branch."""
     if not env.distributed:
-        return flag
-    t = torch.tensor(int(flag), device=device)
+        return flags
+    t = torch.tensor([int(f) for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return tuple(bool(v) for v in t.tolist())
 
 
 class _SignalFlag:
@@ -299,7 +300,7 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
                 log.line(f"step:{step}/{t_cfg.iterations} train_loss:{loss_value:.4f} "
                          f"train_time:{now_ms:.0f}ms step_avg:{now_ms / step:.2f}ms")
             log.metric("train", step=step, train_loss=loss_value, train_time_ms=now_ms)
-            interrupted = _any_rank(sig.signum is not None, env, device)
+            interrupted, capped = _any_rank((sig.signum is not None, now_ms >= cap_ms), env, device)
             if interrupted or (t_cfg.checkpoint_every and step % t_cfg.checkpoint_every == 0):
                 _sync(device)
                 train_ms += 1000.0 * (time.perf_counter() - t0)
@@ -309,7 +310,7 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
                 log.line(f"interrupted by signal at step {step}; checkpoint saved to {ckpt_path}; "
                          f"continue with --resume")
                 raise Interrupted(128 + (sig.signum or signal.SIGTERM))
-            if _any_rank(now_ms >= cap_ms, env, device):
+            if capped:
                 stop_reason = "wallclock_cap"
                 log.line(f"stopping_early: wallclock_cap train_time:{now_ms:.0f}ms step:{step}/{t_cfg.iterations}")
                 break
