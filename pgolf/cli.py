@@ -31,7 +31,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import DistEnv, run_training
 
     cfg = _resolve(args)
-    run_training(cfg, DistEnv.from_environ(os.environ), resume=args.resume)
+    run_training(cfg, DistEnv.from_environ(os.environ), resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train, export the artifact, reload it and print the score")
     _add_config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    again.add_argument("--overwrite", action="store_true", help="start over even if RUN_DIR holds a checkpoint")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="score a checkpoint or an artifact on validation shards")

@@ -137,10 +137,17 @@ def prepare_data(cfg: RunConfig, env: DistEnv, log: RunLog) -> None:
         dist.barrier()
 
 
-def run_training(cfg: RunConfig, env: DistEnv = DistEnv(), *, resume: bool = False,
+def run_training(cfg: RunConfig, env: DistEnv = DistEnv(), *, resume: bool = False, overwrite: bool = False,
                  echo: bool = True) -> dict[str, Any]:
     """Train per ``cfg``, export, reload and score. Returns the final report (also written to
-    ``run_dir/submission.json`` on rank 0)."""
+    ``run_dir/submission.json`` on rank 0).
+
+    A run directory that already holds a checkpoint is never started over silently: pass
+    ``resume`` to continue it or ``overwrite`` to discard it.
+    """
+    ckpt = Path(cfg.train.run_dir) / "checkpoint.pt"
+    if ckpt.exists() and not (resume or overwrite):
+        raise TrainingError(f"{ckpt} already exists; continue it with --resume, or start over with --overwrite")
     device = pick_device(cfg, env)
     if env.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"

@@ -8,4 +8,4 @@ preset=demo
 if .venv/bin/python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     preset=gpu-demo
 fi
-exec .venv/bin/pgolf train --preset "$preset" "$@"
+exec .venv/bin/pgolf train --preset "$preset" --overwrite "$@"

@@ -239,7 +239,14 @@ def test_oversize_artifact_fails_loudly_but_keeps_the_file(tiny_data, tmp_path, 
     assert (tmp_path / "model.pgolf").exists() and (tmp_path / "checkpoint.pt").exists()
     allowed = load_config("demo", sets=tiny_sets(tiny_data, tmp_path, **{"train.iterations": 2,
                                                                          "train.allow_oversize": 1}))
-    assert run_training(allowed, echo=False)["bytes_total"] > 1000
+    assert run_training(allowed, overwrite=True, echo=False)["bytes_total"] > 1000
+
+
+def test_an_existing_checkpoint_is_never_overwritten_silently(tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(b"earlier work")
+    rc = cli_main(["train", "--preset", "demo", "--run-dir", str(tmp_path)])
+    assert rc == 1 and "--resume, or start over with --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"earlier work"
 
 
 @pytest.mark.slow
