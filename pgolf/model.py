@@ -91,6 +91,10 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(self.head_dim, cfg.rope_base)
         self._flash = _flash_attn_func()
 
+    def _use_flash(self, q: torch.Tensor) -> bool:
+        """flash-attn when installed, on CUDA, in half precision; SDPA otherwise."""
+        return self._flash is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
         q = self.c_q(x).reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
@@ -100,7 +104,7 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(T, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        if self._flash is not None and x.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        if self._use_flash(q):
             y = self._flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)  # [B, T, H, hd]
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True,

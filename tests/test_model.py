@@ -150,3 +150,27 @@ def test_rope_tables_built_during_inference_serve_training():
         model.logits(x)  # validation first (as right after a resume)
     model(x, x).backward()  # training must reuse the cached tables
     assert model.blocks[0].attn.c_q.weight.grad is not None
+
+
+def test_flash_attention_branch_uses_the_flash_layout(monkeypatch):
+    """flash-attn takes [B, T, H, hd] tensors with fewer K/V heads (GQA) and causal=True; a stand-in
+    with that contract (computed by SDPA) must give the same output as the SDPA branch."""
+    from pgolf.model import CausalSelfAttention
+
+    calls = []
+
+    def fake_flash(q, k, v, causal):
+        calls.append((q.shape, k.shape, causal))
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             is_causal=causal, enable_gqa=True)
+        return out.transpose(1, 2)
+
+    cfg = ModelConfig(vocab_size=32, num_layers=1, model_dim=32, num_heads=4, num_kv_heads=2)
+    attn = CausalSelfAttention(cfg)
+    torch.nn.init.normal_(attn.proj.weight)
+    x = torch.randn(2, 9, 32)
+    expected = attn(x)
+    attn._flash = fake_flash
+    monkeypatch.setattr(CausalSelfAttention, "_use_flash", lambda self, q: True)
+    assert torch.allclose(attn(x), expected, atol=1e-6)
+    assert calls == [((2, 9, 4, 8), (2, 9, 2, 8), True)]
