@@ -32,6 +32,8 @@
 //      lanes x uint32 LE: the encoder's final states (the decoder's initial ones), each >= L.
 //      uint16 LE words to the end of the stream, in decoding order.
 //   After the last value every state must be back at L and every word consumed.
+// Grouping 3 was added within version 1 (all older streams still decode); a decoder older than
+// it rejects such a stream with "grouping 3 unknown" instead of misreading it.
 #pragma once
 #include <cstddef>
 #include <cstdint>
