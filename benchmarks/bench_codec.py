@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> dict:
     stale = stale_sources()
     if stale:
         raise SystemExit(f"pgolf._codec is older than {', '.join(stale)}: rebuild it "
-                         "(python setup.py build_ext --inplace) before benchmarking")
+                         "(python setup.py build_ext --inplace --force: setuptools does not see header changes) "
+                         "before benchmarking")
     cases = make_cases(args.quick)
     if args.state_dict:
         cases.update(state_dict_case(args.state_dict, args.bits, args.rule))
