@@ -5,11 +5,14 @@ plus bit-packing throughput and the rANS speed on a 36M-value model.
     python -m benchmarks.bench_codec --quick      # small cases, no big ones (for tests)
     python -m benchmarks.bench_codec --state-dict model.pt --bits 6   # a trained model's weights
 
-Every case is a list of per-row quantised 2-D code tensors (QTensor codes). Methods: rANS (one
-stream per tensor), and one byte per value or ``bits``-packed (pgolf.codec.pack_bits) bytes of
-all tensors concatenated, through zstd-22, brotli-11 and lzma-9e. Floors: the order-0 empirical
-entropy per tensor and per row group (the groups the rANS encoder chose), without any table
-cost. All timings are single-threaded wall seconds in this process.
+Every case is a list of per-row quantised 2-D code tensors (QTensor codes and row scales).
+Methods: rANS exactly as the artifact codes QTensors (pgolf.codec.rans_encode_set: one joint
+stream of the tensors whose cols are multiples of 64 when that is smaller, else a stream each),
+and one byte per value or ``bits``-packed (pgolf.codec.pack_bits) bytes of all tensors
+concatenated, through zstd-22, brotli-11 and lzma-9e. Floors (order-0 empirical entropy, no
+table cost): per row group (the groups the rANS encoder chose, in its joint or own streams), per
+tensor, and joint (one distribution for all codes of the case). All timings are single-threaded
+wall seconds in this process. Refuses to run on an extension older than its csrc/ sources.
 """
 from __future__ import annotations
 
@@ -34,14 +37,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # ------------------------------------------------------------------------------ cases
 
-def quantise_rows(w: np.ndarray, bits: int, rule: str, k: float = 4.0) -> np.ndarray:
-    """Per-row codes exactly as pgolf exports them (:mod:`triton_kernels.fake_quant`: max-abs or
-    ``k`` row standard deviations, fp16 scale, round half to even, codes in [-qmax, qmax])."""
+def quantise_rows(w: np.ndarray, bits: int, rule: str, k: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row codes and scales exactly as pgolf exports them (:mod:`triton_kernels.fake_quant`:
+    max-abs or ``k`` row standard deviations, fp16 scale, round half to even, codes in [-qmax, qmax])."""
     import torch
 
     from triton_kernels.fake_quant import quantize_codes, row_scales_reference
     t = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
-    return quantize_codes(t, row_scales_reference(t, bits=bits, rule=rule, sigma=k), bits).numpy()
+    scale = row_scales_reference(t, bits=bits, rule=rule, sigma=k)
+    return quantize_codes(t, scale, bits).numpy(), scale.float().numpy()
 
 
 def weights(rng, shape, dist: str, row_spread: float = 1.0) -> np.ndarray:
@@ -65,7 +69,10 @@ def mixed_rows(rng, shape, bits):
     return quantise_rows(w, bits, "maxabs")
 
 
-def make_cases(quick: bool) -> dict[str, tuple[int, list[np.ndarray]]]:
+Tensors = list[tuple[np.ndarray, np.ndarray]]  # (codes, row scales) per tensor
+
+
+def make_cases(quick: bool) -> dict[str, tuple[int, Tensors]]:
     rng = np.random.default_rng(0)
     shape = (256, 256) if quick else (1024, 1024)
     cases = {}
@@ -81,7 +88,7 @@ def make_cases(quick: bool) -> dict[str, tuple[int, list[np.ndarray]]]:
     return cases
 
 
-def state_dict_case(path: str, bits: int, rule: str) -> dict[str, tuple[int, list[np.ndarray]]]:
+def state_dict_case(path: str, bits: int, rule: str) -> dict[str, tuple[int, Tensors]]:
     """A trained model: every floating 2-D+ tensor of a saved state dict or pgolf checkpoint, per-row quantised."""
     import torch
 
@@ -125,6 +132,7 @@ class Row:
     bytes: int
     ratio_group_floor: float
     ratio_tensor_floor: float
+    ratio_joint_floor: float
     encode_s: float
     decode_s: float
 
@@ -146,20 +154,40 @@ def timed(fn, *args):
     return out, time.perf_counter() - t
 
 
-def run_case(name: str, bits: int, tensors: list[np.ndarray], methods: list[str]) -> list[Row]:
-    n = sum(t.size for t in tensors)
-    streams, enc_s = timed(lambda: [codec.rans_encode(t, bits) for t in tensors])
-    decoded, dec_s = timed(lambda: [codec.rans_decode(s) for s in streams])
-    assert all(np.array_equal(a, b) for a, b in zip(decoded, tensors)), f"{name}: rANS round trip failed"
-    tensor_floor = sum(entropy_bits(t) for t in tensors) / 8
-    group_floor = sum(entropy_bits(t, codec.rans_info(s)["row_groups"]) for t, s in zip(tensors, streams)) / 8
+def rans_set(bits: int, tensors: Tensors) -> tuple[bytes | None, list[bytes | None]]:
+    """The artifact's coding of one bit width's QTensors (see :func:`pgolf.codec.rans_encode_set`)."""
+    return codec.rans_encode_set([c for c, _ in tensors], bits, scales=[s for _, s in tensors])
+
+
+def rans_unset(joint: bytes | None, own: list[bytes | None], tensors: Tensors) -> list[np.ndarray]:
+    """Decode :func:`rans_set` output back into every tensor's codes (1-D, C order)."""
+    shared = iter(codec.rans_decode_set(joint, [c.size for (c, _), s in zip(tensors, own) if s is None])
+                  if joint is not None else [])
+    return [next(shared) if s is None else codec.rans_decode(s).reshape(-1) for s in own]
+
+
+def run_case(name: str, bits: int, tensors: Tensors, methods: list[str]) -> list[Row]:
+    codes = [c for c, _ in tensors]
+    n = sum(c.size for c in codes)
+    (joint, own), enc_s = timed(rans_set, bits, tensors)
+    decoded, dec_s = timed(rans_unset, joint, own, tensors)
+    assert all(np.array_equal(a, b.reshape(-1)) for a, b in zip(decoded, codes)), f"{name}: rANS round trip failed"
+    rans_bytes = (len(joint) if joint is not None else 0) + sum(len(s) for s in own if s is not None)
+    tensor_floor = sum(entropy_bits(c) for c in codes) / 8
+    joint_floor = entropy_bits(np.concatenate([c.reshape(-1) for c in codes])[None]) / 8
+    group_floor = sum(entropy_bits(c, codec.rans_info(s)["row_groups"]) for c, s in zip(codes, own) if s is not None)
+    if joint is not None:
+        info = codec.rans_info(joint)
+        flat = np.concatenate([c.reshape(-1) for c, s in zip(codes, own) if s is None]).reshape(info["shape"])
+        group_floor += entropy_bits(flat, info["row_groups"])
+    group_floor /= 8
 
     def row(method, size, e, d):
-        return Row(name, method, n, size, size / group_floor, size / tensor_floor, e, d)
+        return Row(name, method, n, size, size / group_floor, size / tensor_floor, size / joint_floor, e, d)
 
-    rows = [row("pgolf-rans", sum(map(len, streams)), enc_s, dec_s)]
-    raw = b"".join(t.tobytes() for t in tensors)
-    packed, pack_s = timed(lambda: b"".join(codec.pack_bits(t, bits) for t in tensors))
+    rows = [row("pgolf-rans", rans_bytes, enc_s, dec_s)]
+    raw = b"".join(c.tobytes() for c in codes)
+    packed, pack_s = timed(lambda: b"".join(codec.pack_bits(c, bits) for c in codes))
     for layout, data, extra in (("bytes", raw, 0.0), (f"packed{bits}", packed, pack_s)):
         for cname in methods:
             comp, decomp = COMPRESSORS[cname]
@@ -193,16 +221,18 @@ def bitpack_speed(n: int, repeat: int) -> list[dict]:
 
 
 def rans_speed(n_values: int) -> dict:
-    """Encode and decode a model of ``n_values`` int6 codes (1024 x 1024 Student-t tensors)."""
+    """Encode and decode a model of ``n_values`` int6 codes (1024 x 1024 Student-t tensors) the
+    artifact's way (:func:`rans_set`: joint and separate streams tried, the smaller kept)."""
     rng = np.random.default_rng(2)
     per = 1024 * 1024
     base = [quantise_rows(weights(rng, (1024, 1024), "t", 4.0), 6, "sigma") for _ in range(4)]
     tensors = [base[i % 4] for i in range(max(1, n_values // per))]
-    streams, enc = timed(lambda: [codec.rans_encode(t, 6) for t in tensors])
-    _, dec = timed(lambda: [codec.rans_decode(s) for s in streams])
-    n = sum(t.size for t in tensors)
+    (joint, own), enc = timed(rans_set, 6, tensors)
+    _, dec = timed(rans_unset, joint, own, tensors)
+    n = sum(c.size for c, _ in tensors)
+    size = (len(joint) if joint is not None else 0) + sum(len(s) for s in own if s is not None)
     return {"values": n, "encode_s": enc, "decode_s": dec, "encode_Mvals": n / enc / 1e6,
-            "decode_Mvals": n / dec / 1e6, "bytes": sum(map(len, streams))}
+            "decode_Mvals": n / dec / 1e6, "bytes": size, "joint": joint is not None}
 
 
 # ----------------------------------------------------------------------------- report
@@ -241,17 +271,22 @@ def write_report(out: Path, rows: list[Row], packs: list[dict], speed: dict, inf
         w.writerow(list(Row.__dataclass_fields__))
         for r in rows:
             w.writerow([r.case, r.method, r.values, r.bytes, f"{r.ratio_group_floor:.5f}",
-                        f"{r.ratio_tensor_floor:.5f}", f"{r.encode_s:.4f}", f"{r.decode_s:.4f}"])
+                        f"{r.ratio_tensor_floor:.5f}", f"{r.ratio_joint_floor:.5f}", f"{r.encode_s:.4f}",
+                        f"{r.decode_s:.4f}"])
     lines = ["# Codec benchmark", "",
              f"`python -m benchmarks.bench_codec {' '.join(argv)}`".replace(" `", "`"), "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ". One thread; wall seconds.", "",
-             "Sizes in bytes; `/group floor` = bytes over the order-0 entropy per row group (the rANS "
-             "encoder's groups, no table cost), `/tensor floor` = over the order-0 entropy per tensor.", "",
-             "| case | values | method | bytes | /group floor | /tensor floor | encode s | decode s |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
+             "pgolf-rans codes each case as the artifact does (`pgolf.codec.rans_encode_set`: one joint "
+             "stream of the tensors whose cols are multiples of 64 when that is smaller, else a stream "
+             "each). Sizes in bytes; `/group floor` = bytes over the order-0 entropy per row group (the "
+             "rANS encoder's groups in the streams it wrote, joint or per tensor; no table cost), "
+             "`/tensor floor` = over the order-0 entropy per tensor, `/joint floor` = over the order-0 "
+             "entropy of all the case's codes as one distribution.", "",
+             "| case | values | method | bytes | /group floor | /tensor floor | /joint floor | encode s | decode s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.case} | {r.values:,} | {r.method} | {r.bytes:,} | {r.ratio_group_floor:.4f} | "
-                     f"{r.ratio_tensor_floor:.4f} | {r.encode_s:.3f} | {r.decode_s:.3f} |")
+                     f"{r.ratio_tensor_floor:.4f} | {r.ratio_joint_floor:.4f} | {r.encode_s:.3f} | {r.decode_s:.3f} |")
     lines += ["", "## rANS against the best general compressor per case", "",
               "| case | rANS bytes | best other | its bytes | rANS / best |", "|---|---:|---|---:|---:|"]
     for case in dict.fromkeys(r.case for r in rows):
@@ -263,7 +298,7 @@ def write_report(out: Path, rows: list[Row], packs: list[dict], speed: dict, inf
     lines += ["", f"## rANS speed: {speed['values']:,} int6 values (Student-t, k-sigma clip), one core", "",
               f"encode {speed['encode_s']:.3f} s ({speed['encode_Mvals']:.0f} M values/s), "
               f"decode {speed['decode_s']:.3f} s ({speed['decode_Mvals']:.0f} M values/s), "
-              f"{speed['bytes']:,} bytes.", "",
+              f"{speed['bytes']:,} bytes ({'one joint stream' if speed['joint'] else 'a stream per tensor'}).", "",
               "## Bit packing throughput (GB/s of int8 codes, one core; memcpy = numpy copy of the same bytes)", "",
               "| bits | MB | pack GB/s | unpack GB/s | memcpy GB/s | pack / memcpy | unpack / memcpy |",
               "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -271,6 +306,13 @@ def write_report(out: Path, rows: list[Row], packs: list[dict], speed: dict, inf
         lines.append(f"| {p['bits']} | {p['MB']:.0f} | {p['pack_GBps']:.2f} | {p['unpack_GBps']:.2f} | "
                      f"{p['memcpy_GBps']:.2f} | {p['pack_vs_memcpy']:.2f} | {p['unpack_vs_memcpy']:.2f} |")
     (out / "codec.md").write_text("\n".join(lines) + "\n")
+
+
+def stale_sources() -> list[str]:
+    """csrc/ files newer than the imported extension (a stale build measures old code)."""
+    built = Path(codec._ext().__file__).stat().st_mtime
+    src = Path(__file__).resolve().parent.parent / "csrc"
+    return sorted(p.name for p in src.glob("*") if p.stat().st_mtime > built) if src.is_dir() else []
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -290,6 +332,11 @@ def main(argv: list[str] | None = None) -> dict:
     for m in methods:
         if not COMPRESSORS.get(m):
             raise SystemExit(f"compressor {m!r} unavailable; have: {', '.join(k for k, v in COMPRESSORS.items() if v)}")
+    stale = stale_sources()
+    if stale:
+        raise SystemExit(f"pgolf._codec is older than {', '.join(stale)}: rebuild it "
+                         "(python setup.py build_ext --inplace --force: setuptools does not see header changes) "
+                         "before benchmarking")
     cases = make_cases(args.quick)
     if args.state_dict:
         cases.update(state_dict_case(args.state_dict, args.bits, args.rule))

@@ -3,6 +3,7 @@
 // pgolf/codec.py is the public API (type checks, torch tensors, CodecError); call it, not this.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <sys/mman.h>
 
@@ -74,7 +75,7 @@ py::array_t<int8_t> unpack_bits(const py::buffer& data, int bits, uint64_t count
 }
 
 py::bytes rans_encode(const py::buffer& codes, uint64_t rows, uint64_t cols, bool two_d, int bits,
-                      const py::object& row_key) {
+                      const py::object& row_key, const std::vector<uint64_t>& segments) {
     const py::buffer_info in = byte_buffer(codes, true, "codes");
     if (uint64_t(in.size) != rows * cols)
         throw py::value_error("codes has " + std::to_string(in.size) + " values, shape says " + std::to_string(rows * cols));
@@ -88,7 +89,7 @@ py::bytes rans_encode(const py::buffer& codes, uint64_t rows, uint64_t cols, boo
     {
         py::gil_scoped_release nogil;
         stream = pgolf::rans_encode(static_cast<const int8_t*>(in.ptr), rows, cols, two_d, bits,
-                                    row_key.is_none() ? nullptr : static_cast<const float*>(key.ptr));
+                                    row_key.is_none() ? nullptr : static_cast<const float*>(key.ptr), segments);
     }
     return py::bytes(reinterpret_cast<const char*>(stream.data()), stream.size());
 }
@@ -127,13 +128,13 @@ py::dict rans_info(const py::buffer& data) {
 
 PYBIND11_MODULE(_codec, m) {
     m.doc() = "pgolf C++ codec: int2..int8 bit packing and rANS entropy coding (use pgolf.codec)";
-    m.attr("ABI_VERSION") = 2;
+    m.attr("ABI_VERSION") = 3;
     py::register_exception<pgolf::stream_error>(m, "StreamError", PyExc_ValueError);
     m.def("packed_size", &pgolf::packed_size, py::arg("count"), py::arg("bits"));
     m.def("pack_bits", &pack_bits, py::arg("codes"), py::arg("bits"));
     m.def("unpack_bits", &unpack_bits, py::arg("data"), py::arg("bits"), py::arg("count"));
     m.def("rans_encode", &rans_encode, py::arg("codes"), py::arg("rows"), py::arg("cols"), py::arg("two_d"),
-          py::arg("bits"), py::arg("row_key") = py::none());
+          py::arg("bits"), py::arg("row_key") = py::none(), py::arg("segments") = std::vector<uint64_t>());
     m.def("rans_decode", &rans_decode, py::arg("data"), py::arg("max_values"));
     m.def("rans_info", &rans_info, py::arg("data"));
 }

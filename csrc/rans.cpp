@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -25,7 +26,7 @@ constexpr uint64_t kMaxValues = 1ULL << 32;
 constexpr uint16_t kMant[16] = {4096, 4277, 4467, 4664, 4871, 5087, 5312, 5547,
                                 5793, 6049, 6317, 6597, 6889, 7194, 7512, 7845};
 
-enum Grouping : uint8_t { kOneGroup = 0, kContiguous = 1, kMapped = 2 };
+enum Grouping : uint8_t { kOneGroup = 0, kContiguous = 1, kMapped = 2, kSegments = 3 };
 
 inline uint64_t weight(uint8_t t) { return uint64_t(kMant[(t - 1) & 15]) << ((t - 1) >> 4); }
 
@@ -118,6 +119,8 @@ struct Candidate {
     int groups = 1;
     std::vector<uint16_t> group;  // group id per row
     double bytes = 0;             // estimated stream size beyond the fixed header
+    size_t extra_bytes = 0;       // kSegments: segment count, lengths and ids
+    std::vector<uint16_t> seg_group;  // kSegments: group id per segment
 };
 
 size_t varint_size(uint64_t v) {
@@ -148,6 +151,7 @@ void evaluate(const RowStats& st, Candidate& c) {
     double bits = 0, bytes = 1;  // grouping byte
     if (c.mode != kOneGroup) bytes += varint_size(c.groups);
     if (c.mode == kMapped) bytes += double((st.rows * id_width(c.groups) + 7) / 8);
+    if (c.mode == kSegments) bytes += double(c.extra_bytes);
     Table tb;
     for (int g = 0; g < c.groups; ++g) {
         bits += build_table(&gh[size_t(g) * st.S], st.S, kEncPrec, tb);
@@ -212,7 +216,49 @@ Candidate sorted_split(const std::vector<float>& key, uint64_t rows, int groups)
     return c;
 }
 
-Candidate choose_grouping(const RowStats& st, const float* row_key) {
+// Groupings that give every segment (a run of rows, e.g. one tensor of a jointly coded set) one
+// group: each segment its own group, and segments clustered into G groups (sorted by spread,
+// then Lloyd iterations over segment histograms).
+void segment_candidates(const RowStats& st, const std::vector<uint64_t>& seg, const std::function<void(Candidate)>& consider) {
+    const size_t K = seg.size();
+    RowStats ss{K, 0, st.S, std::vector<uint32_t>(K * st.S, 0)};
+    std::vector<float> spread(K, 0.f);
+    size_t lens = 0;
+    for (size_t k = 0, r = 0; k < K; ++k) {
+        lens += varint_size(seg[k]);
+        for (uint64_t e = r + seg[k]; r < e; ++r)
+            for (int u = 0; u < st.S; ++u) ss.hist[k * st.S + u] += st.hist[r * st.S + u];
+        double m2 = 0, n = 0;
+        for (int u = 0; u < st.S; ++u) {
+            m2 += double(ss.hist[k * st.S + u]) * double((u - st.S / 2) * (u - st.S / 2));
+            n += ss.hist[k * st.S + u];
+        }
+        spread[k] = float(n ? m2 / n : 0);
+    }
+    auto make = [&](std::vector<uint16_t> ids, int groups) {
+        Candidate c;
+        c.mode = kSegments;
+        c.groups = groups;
+        c.extra_bytes = varint_size(K) + lens + (K * id_width(groups) + 7) / 8;
+        c.group.resize(st.rows);
+        for (size_t k = 0, r = 0; k < K; ++k)
+            for (uint64_t e = r + seg[k]; r < e; ++r) c.group[r] = ids[k];
+        c.seg_group = std::move(ids);
+        consider(std::move(c));
+    };
+    if (K <= size_t(kMaxGroups)) {
+        std::vector<uint16_t> ids(K);
+        std::iota(ids.begin(), ids.end(), 0);
+        make(std::move(ids), int(K));
+    }
+    for (int G = 2; G <= 32 && size_t(G) < K; G *= 2) {
+        Candidate c = sorted_split(spread, K, G);
+        const int groups = refine(ss, c.group, G, 8);
+        if (groups >= 2) make(std::move(c.group), groups);
+    }
+}
+
+Candidate choose_grouping(const RowStats& st, const float* row_key, const std::vector<uint64_t>& segments) {
     const uint64_t rows = st.rows;
     Candidate best;
     best.group.assign(rows, 0);
@@ -251,6 +297,7 @@ Candidate choose_grouping(const RowStats& st, const float* row_key) {
             consider(std::move(c));
         }
     }
+    if (segments.size() >= 2) segment_candidates(st, segments, consider);
     return best;
 }
 
@@ -301,13 +348,21 @@ class Reader {
 // ------------------------------------------------------------------------------- encode
 
 std::vector<uint8_t> rans_encode(const int8_t* codes, uint64_t rows, uint64_t cols, bool two_d, int bits,
-                                 const float* row_key) {
+                                 const float* row_key, const std::vector<uint64_t>& segments) {
     if (bits < 2 || bits > 8) throw std::invalid_argument("bits must be in 2..8, got " + std::to_string(bits));
     if (!two_d && rows != 1) throw std::invalid_argument("a 1-D tensor is coded as one row");
     if (rows > 0xFFFFFFFFULL || cols > 0xFFFFFFFFULL || (cols && rows > kMaxValues / cols))
         throw std::invalid_argument("tensor too large for the rANS stream (at most 2^32 values)");
     const int S = 1 << bits, off = S / 2;
     const uint64_t count = rows * cols;
+    if (!segments.empty()) {
+        uint64_t total = 0;
+        for (uint64_t n : segments) {
+            if (n == 0 || n > rows - total) throw std::invalid_argument("segments must be positive row counts summing to rows");
+            total += n;
+        }
+        if (total != rows) throw std::invalid_argument("segments must be positive row counts summing to rows");
+    }
 
     std::vector<uint8_t> out = {kMagic[0], kMagic[1], kMagic[2], kVersion, uint8_t(two_d ? 1 : 0), uint8_t(bits),
                                 uint8_t(kEncPrec), uint8_t(kEncLanes)};
@@ -329,7 +384,7 @@ std::vector<uint8_t> rans_encode(const int8_t* codes, uint64_t rows, uint64_t co
             ++h[u];
         }
     }
-    const Candidate best = choose_grouping(st, row_key);
+    const Candidate best = choose_grouping(st, row_key, segments);
 
     out.push_back(best.mode);
     if (best.mode != kOneGroup) put_varint(out, best.groups);
@@ -339,6 +394,17 @@ std::vector<uint8_t> rans_encode(const int8_t* codes, uint64_t rows, uint64_t co
         for (uint64_t r = 0; r < rows; ++r)
             for (int b = 0; b < w; ++b)
                 if ((best.group[r] >> b) & 1) map[(r * w + b) / 8] |= uint8_t(1u << ((r * w + b) % 8));
+        out.insert(out.end(), map.begin(), map.end());
+    }
+    if (best.mode == kSegments) {
+        const size_t K = segments.size();
+        const int w = id_width(best.groups);
+        put_varint(out, K);
+        for (uint64_t n : segments) put_varint(out, n);
+        std::vector<uint8_t> map((K * w + 7) / 8, 0);
+        for (size_t k = 0; k < K; ++k)
+            for (int b = 0; b < w; ++b)
+                if ((best.seg_group[k] >> b) & 1) map[(k * w + b) / 8] |= uint8_t(1u << ((k * w + b) % 8));
         out.insert(out.end(), map.begin(), map.end());
     }
     const auto gh = group_counts(st, best.group, best.groups);
@@ -424,7 +490,7 @@ RansStream::RansStream(const uint8_t* data, size_t size) : impl_(new Impl{data, 
         return;
     }
     const uint8_t mode = in.u8("grouping");
-    if (mode > kMapped) throw stream_error("rANS stream grouping " + std::to_string(mode) + " unknown");
+    if (mode > kSegments) throw stream_error("rANS stream grouping " + std::to_string(mode) + " unknown");
     s.mode = Grouping(mode);
     s.groups = 1;
     if (s.mode != kOneGroup) {
@@ -448,6 +514,33 @@ RansStream::RansStream(const uint8_t* data, size_t size) : impl_(new Impl{data, 
         }
         const unsigned used = (s.rows * w) % 8;
         if (used && (map[nbytes - 1] >> used)) throw stream_error("rANS stream group map has nonzero padding bits");
+    }
+    if (s.mode == kSegments) {
+        const uint64_t K = in.varint("segment count");
+        if (K < 1 || K > s.rows) throw stream_error("rANS stream segment count " + std::to_string(K) + " not in 1..rows");
+        if (uint64_t(s.groups) > K) throw stream_error("rANS stream has more groups than segments");
+        std::vector<uint64_t> len(K);
+        uint64_t total = 0;
+        for (auto& n : len) {
+            n = in.varint("segment length");
+            if (n == 0 || n > s.rows - total) throw stream_error("rANS stream segment lengths do not sum to its rows");
+            total += n;
+        }
+        if (total != s.rows) throw stream_error("rANS stream segment lengths do not sum to its rows");
+        const int w = id_width(s.groups);
+        const uint64_t nbytes = (K * w + 7) / 8;
+        const uint8_t* map = in.take(size_t(nbytes), "segment groups");
+        s.group.resize(s.rows);
+        for (uint64_t k = 0, r = 0; k < K; ++k) {
+            unsigned id = 0;
+            for (int b = 0; b < w; ++b) id |= unsigned((map[(k * w + b) / 8] >> ((k * w + b) % 8)) & 1) << b;
+            if (id >= unsigned(s.groups))
+                throw stream_error("rANS stream maps segment " + std::to_string(k) + " to group " + std::to_string(id) +
+                                   " of " + std::to_string(s.groups));
+            for (uint64_t e = r + len[k]; r < e; ++r) s.group[r] = uint16_t(id);
+        }
+        const unsigned used = (K * w) % 8;
+        if (used && (map[nbytes - 1] >> used)) throw stream_error("rANS stream segment groups have nonzero padding bits");
     }
     s.tables.resize(s.groups);
     for (int g = 0; g < s.groups; ++g) {
@@ -480,7 +573,7 @@ int RansStream::groups() const { return impl_->groups; }
 
 std::vector<uint16_t> RansStream::row_groups() const {
     const Impl& s = *impl_;
-    if (s.mode == kMapped) return s.group;
+    if (s.mode == kMapped || s.mode == kSegments) return s.group;
     std::vector<uint16_t> out(s.rows * s.cols != 0 ? s.rows : 0, 0);
     if (s.mode == kContiguous)
         for (uint64_t r = 0; r < s.rows; ++r) out[r] = uint16_t(contiguous_group(r, s.groups, s.rows));
@@ -504,7 +597,7 @@ void RansStream::decode(int8_t* out) const {
     const uint8_t* const end = s.data + s.size;
     const uint64_t lane_mask = uint64_t(s.lanes - 1);
     for (uint64_t r = 0; r < s.rows; ++r) {
-        const uint64_t g = s.mode == kMapped ? s.group[r] : s.mode == kContiguous ? contiguous_group(r, s.groups, s.rows) : 0;
+        const uint64_t g = !s.group.empty() ? s.group[r] : s.mode == kContiguous ? contiguous_group(r, s.groups, s.rows) : 0;
         const Table& tb = s.tables[g];
         const uint8_t* lg = &lut[g * M];
         int8_t* row = out + r * s.cols;

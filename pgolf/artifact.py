@@ -1,17 +1,18 @@
 """The model artifact: one checked file holding config, metadata and every tensor.
 
-File layout (version 1; integers little-endian; pinned by ``tests/golden/artifact_v1.pgolf``)::
+File layout (version 2; integers little-endian; pinned by ``tests/golden/artifact_v2.pgolf``)::
 
     offset         size  field
     0              8     magic b"PGOLFART"
-    8              4     uint32 format version (1)
+    8              4     uint32 format version (2; version 1 files are still read)
     12             4     uint32 H, bytes of the JSON header
     16             H     JSON header, UTF-8, sorted keys, no whitespace
     16 + H         P     payloads, back to back (P = header["payload_bytes"])
     16 + H + P     32    SHA-256 of every byte before it
 
-The header is ``{"config": {...}, "meta": {...}, "payload_bytes": P, "tensors": [entry, ...]}``
-with entries in insertion order. Every entry has ``name``, ``shape`` (the tensor's own shape),
+The header is ``{"config": {...}, "joint": [payload, ...], "meta": {...}, "payload_bytes": P,
+"tensors": [entry, ...]}`` with entries in insertion order (``joint`` is new in version 2; a
+version 1 header has none). Every entry has ``name``, ``shape`` (the tensor's own shape),
 ``dtype`` (``"float32"``, ``"bfloat16"``, ``"int64"``, ...) and ``kind``:
 
 * ``"raw"``: stored losslessly in its dtype (little-endian bytes, C order), one payload ``data``;
@@ -24,6 +25,12 @@ payload section. Codecs: ``"rans"`` (:func:`pgolf.codec.rans_encode`, codes only
 value). With ``codec="zstd"``/``"zlib"`` codes are one byte per value through that compressor;
 with ``codec="rans"`` codes use the rANS coder and the other payloads zstd. Any payload that a
 compressor would make larger is stored ``"raw"`` instead.
+
+Joint payloads (version 2, ``codec="rans"``): the QTensors of one bit width whose ``cols`` are
+multiples of :data:`pgolf.codec.MIN_PIECE` may share one :func:`pgolf.codec.rans_encode_set`
+stream, ``header["joint"][j]`` (a ``"rans"`` payload), when that is smaller than a stream each.
+Their ``codes`` are then ``{"codec": "joint", "joint": j}``; the stream holds the codes of every
+entry referring to ``j``, in header order, concatenated (:func:`pgolf.codec.rans_decode_set`).
 """
 from __future__ import annotations
 
@@ -45,7 +52,8 @@ from pgolf.atomic import atomic_write_bytes
 from pgolf.qtensor import QTensor
 
 MAGIC = b"PGOLFART"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CODECS = ("rans", "zstd", "zlib", "raw")
 _PREFIX = struct.Struct("<8sII")
 _DIGEST = 32
@@ -60,7 +68,8 @@ class ArtifactError(ValueError):
 @dataclass(frozen=True)
 class ArtifactInfo:
     """What :func:`save_artifact` wrote: ``total_bytes`` equals ``os.path.getsize(path)``;
-    ``tensor_bytes`` maps each name to the bytes of its payloads (codes + scales for ``"q"``)."""
+    ``tensor_bytes`` maps each name to the bytes of its payloads (codes + scales for ``"q"``;
+    a joint payload is shared out among its tensors in proportion to their values)."""
 
     path: Path
     total_bytes: int
@@ -128,17 +137,43 @@ def save_artifact(path: str | os.PathLike, *, config: dict, tensors: Mapping[str
     for name, t in tensors.items():
         if not isinstance(name, str):
             raise TypeError(f"tensor names must be str, got {name!r}")
+        if isinstance(t, QTensor):
+            rows, cols = t.codes.shape
+            if rows * cols != math.prod(t.shape):
+                raise ValueError(f"tensor {name!r}: codes {tuple(t.codes.shape)} do not hold shape {tuple(t.shape)}")
+    streams, joints, shares = {}, [], {}  # name -> own rANS stream; joint payloads; name -> (joint, bytes)
+    if codec == "rans":
+        sets: dict[int, list[str]] = {}
+        for name, t in tensors.items():
+            if isinstance(t, QTensor):
+                sets.setdefault(t.bits, []).append(name)
+        for bits, names in sets.items():
+            qs = [tensors[n] for n in names]
+            joint, own = _codec.rans_encode_set([q.codes.detach().cpu() for q in qs], bits,
+                                                scales=[q.scale for q in qs])
+            streams.update((n, s) for n, s in zip(names, own) if s is not None)
+            if joint is None:
+                continue
+            members = [(n, q.codes.numel()) for n, q, s in zip(names, qs, own) if s is None]
+            total, given = sum(k for _, k in members), 0
+            for i, (n, k) in enumerate(members):
+                share = len(joint) - given if i == len(members) - 1 else len(joint) * k // total
+                shares[n], given = (len(joints), share), given + share
+            joints.append(payload(joint, "rans"))
+
+    for name, t in tensors.items():
         start = offset
         if isinstance(t, QTensor):
-            codes = t.codes.detach().cpu().contiguous()
-            rows, cols = codes.shape
-            if rows * cols != math.prod(t.shape):
-                raise ValueError(f"tensor {name!r}: codes {tuple(codes.shape)} do not hold shape {tuple(t.shape)}")
-            blob = (_codec.rans_encode(codes, t.bits, scales=t.scale) if codec == "rans"
-                    else codes.numpy().tobytes())
+            rows, cols = t.codes.shape
+            if name in shares:
+                j, share = shares[name]
+                codes_ref, start = {"codec": "joint", "joint": j}, start - share
+            else:
+                blob = streams[name] if codec == "rans" else t.codes.detach().cpu().contiguous().numpy().tobytes()
+                codes_ref = payload(blob, codec)
             entry = {"name": name, "kind": "q", "shape": list(t.shape), "dtype": _dtype_name(t.dtype),
                      "bits": t.bits, "rows": rows, "cols": cols,
-                     "codes": payload(blob, codec), "scale": payload(_tensor_bytes(t.scale), side)}
+                     "codes": codes_ref, "scale": payload(_tensor_bytes(t.scale), side)}
         elif isinstance(t, torch.Tensor):
             entry = {"name": name, "kind": "raw", "shape": list(t.shape), "dtype": _dtype_name(t.dtype),
                      "data": payload(_tensor_bytes(t), side)}
@@ -147,7 +182,7 @@ def save_artifact(path: str | os.PathLike, *, config: dict, tensors: Mapping[str
         entries.append(entry)
         sizes[name] = offset - start
 
-    header_obj = {"config": config, "meta": meta or {}, "payload_bytes": offset, "tensors": entries}
+    header_obj = {"config": config, "joint": joints, "meta": meta or {}, "payload_bytes": offset, "tensors": entries}
     try:
         header = json.dumps(header_obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as e:
@@ -184,7 +219,46 @@ def _field(entry: dict, key: str, kind: type, what: str):
     return value
 
 
-def _read_tensor(entry: dict, payloads: bytes) -> QTensor | torch.Tensor:
+def _payload(ref: Any, payloads: bytes, what: str) -> tuple[str, bytes]:
+    """``(codec, bytes)`` of a payload reference, its bounds checked."""
+    if not isinstance(ref, dict):
+        raise ArtifactError(f"{what}: payload reference is not an object: {ref!r}")
+    off, n = _field(ref, "offset", int, what), _field(ref, "length", int, what)
+    if off < 0 or n < 0 or off + n > len(payloads):
+        raise ArtifactError(f"{what} payload [{off}, {off + n}) outside the {len(payloads)} payload bytes")
+    return _field(ref, "codec", str, what), payloads[off:off + n]
+
+
+def _read_joints(header: dict, entries: list[dict], payloads: bytes) -> dict[str, torch.Tensor]:
+    """Decode every joint payload: name -> 1-D int8 codes of each tensor that refers to one."""
+    joints = header.get("joint", [])
+    if not isinstance(joints, list):
+        raise ArtifactError("header field 'joint' is not a list")
+    members: list[list[dict]] = [[] for _ in joints]
+    for e in entries:
+        ref = e.get("codes")
+        if e.get("kind") == "q" and isinstance(ref, dict) and ref.get("codec") == "joint":
+            j = ref.get("joint")
+            if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < len(joints):
+                raise ArtifactError(f"tensor {e.get('name')!r}: codes refer to joint payload {j!r} of {len(joints)}")
+            members[j].append(e)
+    out = {}
+    for j, (ref, group) in enumerate(zip(joints, members)):
+        names = ", ".join(repr(e.get("name")) for e in group)
+        what = f"joint rANS payload {j} (tensors {names})"
+        c, data = _payload(ref, payloads, what)
+        if c != "rans" or not group:
+            raise ArtifactError(f"{what}: codec {c!r} with {len(group)} tensors is not a joint rANS payload")
+        sizes = [_field(e, "rows", int, what) * _field(e, "cols", int, what) for e in group]
+        try:
+            codes = _codec.rans_decode_set(data, sizes)
+        except _codec.CodecError as err:
+            raise ArtifactError(f"{what}: {err}") from None
+        out.update((e.get("name"), torch.from_numpy(a)) for e, a in zip(group, codes))
+    return out
+
+
+def _read_tensor(entry: dict, payloads: bytes, joint: dict[str, torch.Tensor]) -> QTensor | torch.Tensor:
     name = _field(entry, "name", str, "tensor entry")
     what = f"tensor {name!r}"
     shape = tuple(_field(entry, "shape", list, what))
@@ -195,11 +269,7 @@ def _read_tensor(entry: dict, payloads: bytes) -> QTensor | torch.Tensor:
         raise ArtifactError(f"{what}: unsupported dtype {entry.get('dtype')!r}")
 
     def blob(key: str) -> tuple[str, bytes]:
-        ref = _field(entry, key, dict, what)
-        off, n = _field(ref, "offset", int, f"{what} {key}"), _field(ref, "length", int, f"{what} {key}")
-        if off < 0 or n < 0 or off + n > len(payloads):
-            raise ArtifactError(f"{what}: {key} payload [{off}, {off + n}) outside the {len(payloads)} payload bytes")
-        return _field(ref, "codec", str, f"{what} {key}"), payloads[off:off + n]
+        return _payload(_field(entry, key, dict, what), payloads, f"{what}: {key}")
 
     def fixed(data: bytes, dt: torch.dtype, numel: int, key: str) -> torch.Tensor:
         itemsize = torch.tensor([], dtype=dt).element_size()
@@ -216,8 +286,10 @@ def _read_tensor(entry: dict, payloads: bytes) -> QTensor | torch.Tensor:
     bits, rows, cols = (_field(entry, k, int, what) for k in ("bits", "rows", "cols"))
     if rows * cols != math.prod(shape):
         raise ArtifactError(f"{what}: codes {rows} x {cols} do not hold shape {list(shape)}")
-    c, data = blob("codes")
-    if c == "rans":
+    c, data = ("joint", b"") if name in joint else blob("codes")
+    if c == "joint":
+        codes = joint[name].reshape(rows, cols)
+    elif c == "rans":
         try:
             codes = _codec.rans_decode(data, max_values=rows * cols)
         except _codec.CodecError as e:
@@ -249,8 +321,9 @@ def load_artifact(path: str | os.PathLike, *, expected: Mapping[str, tuple[int, 
     magic, version, hlen = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise ArtifactError(f"{path}: bad magic {magic!r}, not a pgolf artifact (expected {MAGIC!r})")
-    if version != VERSION:
-        raise ArtifactError(f"{path}: unsupported artifact format version {version} (this pgolf reads {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise ArtifactError(f"{path}: unsupported artifact format version {version} (this pgolf reads "
+                            f"{', '.join(map(str, READABLE_VERSIONS))})")
     if _PREFIX.size + hlen + _DIGEST > len(data):
         raise ArtifactError(f"{path}: truncated artifact: {len(data)} bytes cannot hold its {hlen}-byte header")
     body, digest = data[:-_DIGEST], data[-_DIGEST:]
@@ -288,11 +361,12 @@ def load_artifact(path: str | os.PathLike, *, expected: Mapping[str, tuple[int, 
                 raise ArtifactError(f"{path}: tensor {e['name']!r} has shape {tuple(e.get('shape') or ())}, "
                                     f"expected {tuple(expected[e['name']])}")
     tensors = {}
-    for e in entries:
-        try:
-            tensors[e.get("name")] = _read_tensor(e, payloads)
-        except ArtifactError as err:
-            raise ArtifactError(f"{path}: {err}") from None
+    try:
+        joint = _read_joints(header, entries, payloads) if version >= 2 else {}
+        for e in entries:
+            tensors[e.get("name")] = _read_tensor(e, payloads, joint)
+    except ArtifactError as err:
+        raise ArtifactError(f"{path}: {err}") from None
     config, meta = header.get("config"), header.get("meta")
     if not isinstance(config, dict) or not isinstance(meta, dict):
         raise ArtifactError(f"{path}: header config and meta must be objects")

@@ -9,6 +9,9 @@ wrap outputs with ``torch.from_numpy`` when a tensor is wanted):
 * :func:`rans_encode` / :func:`rans_decode`: a rANS coder with per-row-group statistics that
   chooses the smallest of several row groupings; the stream records shape, bits and grouping
   (layout in ``csrc/rans.h``).
+* :func:`rans_encode_set` / :func:`rans_decode_set`: several tensors of one bit width as one
+  joint stream (shared tables, one group per tensor or per cluster of tensors) or one stream
+  each, whichever is smaller (the artifact's coding of QTensor codes).
 
 Malformed input to a decoder raises :class:`CodecError` (a ``ValueError``); out-of-range codes
 raise ``ValueError`` naming the first offending index and value. The extension is imported
@@ -18,16 +21,20 @@ lazily: without it ``pgolf`` still imports and every codec call raises
 from __future__ import annotations
 
 import importlib
+import math
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 __all__ = ["CodecError", "CodecUnavailable", "available", "packed_size", "pack_bits", "unpack_bits",
-           "rans_encode", "rans_decode", "rans_info"]
+           "rans_encode", "rans_decode", "rans_info", "rans_encode_set", "rans_decode_set"]
 
 # Largest tensor a rANS stream may declare unless the caller says otherwise (2**32 values).
 DEFAULT_MAX_VALUES = 1 << 32
+# Tensors share a joint stream (rans_encode_set) only when their cols are multiples of this:
+# shorter joint rows make the row statistics (rows x 2**bits counters) too large.
+MIN_PIECE = 64
 
 
 class CodecError(ValueError):
@@ -109,13 +116,15 @@ def unpack_bits(data: bytes | bytearray | memoryview, bits: int, count: int) -> 
     return _decoding(lambda e: e.unpack_bits, data, _check_bits(bits), int(count))
 
 
-def rans_encode(codes: Any, bits: int, *, scales: Any = None) -> bytes:
+def rans_encode(codes: Any, bits: int, *, scales: Any = None, segments: Any = None) -> bytes:
     """Entropy-code a 1-D or 2-D int8 tensor of ``bits``-bit codes into a self-describing stream.
 
     Symbol statistics are kept per group of rows; the encoder tries one group, contiguous row
     groups, and rows grouped by their code spread (and by ``scales``, one value per row, when
     given), refined by a few Lloyd iterations, and keeps the smallest, frequency tables and
     row map included. ``scales`` only guides that search; the decoder does not need it.
+    ``segments`` (positive row counts summing to the rows, e.g. one per tensor of a joint set)
+    adds groupings that give every segment one group (each its own, or clustered).
     """
     arr = _int8_array(codes)
     bits = _check_bits(bits)
@@ -127,12 +136,63 @@ def rans_encode(codes: Any, bits: int, *, scales: Any = None) -> bytes:
         raise ValueError(f"codes must be 1-D or 2-D, got shape {arr.shape}")
     key = None
     if scales is not None:
-        if type(scales).__module__.startswith("torch"):
-            scales = scales.detach().cpu().float().numpy()
-        key = np.ascontiguousarray(np.asarray(scales, dtype=np.float32).reshape(-1))
+        key = _float_key(scales)
         if key.shape[0] != rows:
             raise ValueError(f"scales must have one value per row ({rows}), got {key.shape[0]}")
-    return _ext().rans_encode(arr, rows, cols, two_d, bits, key)
+    segs = [] if segments is None else [int(n) for n in segments]
+    return _ext().rans_encode(arr, rows, cols, two_d, bits, key, segs)
+
+
+def rans_encode_set(tensors: list[Any], bits: int, *,
+                    scales: list[Any] | None = None) -> tuple[bytes | None, list[bytes | None]]:
+    """Code 2-D int8 tensors of one bit width: ``(joint, own)`` where ``joint`` is one stream
+    of several of them (or ``None``) and ``own[i]`` is tensor ``i``'s :func:`rans_encode` stream,
+    or ``None`` when tensor ``i`` is in the joint stream.
+
+    The tensors that may share a stream are the non-empty ones whose ``cols`` are multiples of
+    :data:`MIN_PIECE`; when there are two or more, they are coded jointly if that is smaller than
+    a stream each. The joint stream is a 2-D stream of ``piece`` (the gcd of their ``cols``)
+    values per row: their codes in C order, concatenated, cut into rows of ``piece`` values (no
+    row spans two tensors), one segment per tensor; :func:`rans_decode_set` splits it again.
+    Sharing frequency tables and stream headers pays for many small tensors. ``scales`` (one
+    per-row scale vector per tensor) guide the grouping search.
+    """
+    arrs = [_int8_array(t, "tensors") for t in tensors]
+    if any(a.ndim != 2 for a in arrs):
+        raise ValueError("rans_encode_set takes 2-D tensors")
+    scales = [None] * len(arrs) if scales is None else list(scales)
+    own: list[bytes | None] = [rans_encode(a, bits, scales=s) for a, s in zip(arrs, scales)]
+    members = [i for i, a in enumerate(arrs) if a.size and a.shape[1] % MIN_PIECE == 0]
+    if len(members) < 2:
+        return None, own
+    piece = math.gcd(*(arrs[i].shape[1] for i in members))
+    flat = np.concatenate([arrs[i].reshape(-1) for i in members]).reshape(-1, piece)
+    key = None
+    if all(scales[i] is not None for i in members):
+        key = np.concatenate([np.repeat(_float_key(scales[i]), arrs[i].shape[1] // piece) for i in members])
+    joint = rans_encode(flat, bits, scales=key, segments=[arrs[i].size // piece for i in members])
+    if len(joint) >= sum(len(own[i]) for i in members):
+        return None, own
+    for i in members:
+        own[i] = None
+    return joint, own
+
+
+def rans_decode_set(data: bytes | bytearray | memoryview, sizes: list[int]) -> list[np.ndarray]:
+    """Decode a joint stream of :func:`rans_encode_set` into 1-D int8 arrays of ``sizes`` values
+    (each tensor's codes in C order). Raises :class:`CodecError` unless the stream holds exactly
+    ``sum(sizes)`` values."""
+    total = sum(sizes)
+    flat = rans_decode(data, max_values=total).reshape(-1)
+    if flat.size != total:
+        raise CodecError(f"joint rANS stream holds {flat.size} values, its tensors need {total}")
+    return np.split(flat, np.cumsum(sizes)[:-1]) if sizes else []
+
+
+def _float_key(scales: Any) -> np.ndarray:
+    if type(scales).__module__.startswith("torch"):
+        scales = scales.detach().cpu().float().numpy()
+    return np.ascontiguousarray(np.asarray(scales, dtype=np.float32).reshape(-1))
 
 
 def rans_decode(data: bytes | bytearray | memoryview, *, max_values: int | None = None) -> np.ndarray:
@@ -149,9 +209,9 @@ def rans_decode(data: bytes | bytearray | memoryview, *, max_values: int | None 
 def rans_info(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """The header of a :func:`rans_encode` stream, validated, without decoding the payload.
 
-    Keys: ``shape``, ``bits``, ``grouping`` (``"one"``, ``"contiguous"`` or ``"mapped"``),
+    Keys: ``shape``, ``bits``, ``grouping`` (``"one"``, ``"contiguous"``, ``"mapped"`` or ``"segments"``),
     ``groups`` (number of frequency tables) and ``row_groups`` (uint16 group id per row).
     """
     info = _decoding(lambda e: e.rans_info, data)
-    info["grouping"] = ("one", "contiguous", "mapped")[info["grouping"]]
+    info["grouping"] = ("one", "contiguous", "mapped", "segments")[info["grouping"]]
     return info

@@ -1,5 +1,5 @@
-"""pgolf.artifact: golden bytes of the v1 format, round trips for every codec, and every
-corruption the loader must name."""
+"""pgolf.artifact: golden bytes of the v2 format (and reading v1), round trips for every codec,
+joint rANS payloads, and every corruption the loader must name."""
 import hashlib
 import json
 import os
@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from pgolf import codec
 from pgolf.artifact import MAGIC, ArtifactError, load_artifact, save_artifact
 from pgolf.qtensor import QTensor
 
-GOLDEN = Path(__file__).parent / "golden" / "artifact_v1.pgolf"
+GOLDEN = Path(__file__).parent / "golden" / "artifact_v2.pgolf"
+GOLDEN_V1 = Path(__file__).parent / "golden" / "artifact_v1.pgolf"
 
 
 def qtensor(shape, bits, seed, dtype=torch.float32):
@@ -25,7 +27,7 @@ def qtensor(shape, bits, seed, dtype=torch.float32):
     return QTensor(codes=torch.from_numpy(codes), scale=torch.from_numpy(scale), bits=bits, shape=tuple(shape), dtype=dtype)
 
 
-def golden_inputs():
+def golden_inputs(version=2):
     tensors = {
         "blocks.0.attn.qkv.weight": qtensor((12, 16), 6, 0),
         "blocks.0.mlp.fc.weight": qtensor((4, 2, 8), 5, 1, torch.bfloat16),
@@ -33,6 +35,9 @@ def golden_inputs():
         "skip_weights": torch.tensor([0.5, -2.25, 3.0], dtype=torch.bfloat16),
         "step": torch.tensor(1234, dtype=torch.int64),
     }
+    if version >= 2:  # two int6 tensors with cols a multiple of 64: one joint rANS payload
+        tensors["blocks.0.mlp.proj.weight"] = qtensor((4, 64), 6, 6)
+        tensors["tok_emb.weight"] = qtensor((3, 128), 6, 7)
     return {"model_dim": 16, "num_layers": 1}, tensors, {"val_bpb": 1.25, "note": "golden"}
 
 
@@ -56,15 +61,43 @@ def test_golden_bytes_pin_the_format(tmp_path):
         assert_same(art.tensors[name], t)
 
 
+def test_version_1_files_are_still_read():
+    config, tensors, meta = golden_inputs(version=1)
+    assert struct.unpack_from("<I", GOLDEN_V1.read_bytes(), 8)[0] == 1
+    art = load_artifact(GOLDEN_V1, expected={k: tuple(v.shape) for k, v in tensors.items()})
+    assert art.config == config and art.meta == meta and list(art.tensors) == list(tensors)
+    for name, t in tensors.items():
+        assert_same(art.tensors[name], t)
+
+
 def test_layout_prefix_header_and_checksum():
     data = GOLDEN.read_bytes()
     magic, version, hlen = struct.unpack_from("<8sII", data)
-    assert (magic, version) == (MAGIC, 1)
+    assert (magic, version) == (MAGIC, 2)
     header = json.loads(data[16:16 + hlen])
     assert len(data) == 16 + hlen + header["payload_bytes"] + 32
     assert hashlib.sha256(data[:-32]).digest() == data[-32:]
     kinds = {e["name"]: (e["kind"], (e.get("codes") or e.get("data"))["codec"]) for e in header["tensors"]}
     assert kinds["blocks.0.attn.qkv.weight"] == ("q", "rans") and kinds["step"][0] == "raw"
+    assert kinds["blocks.0.mlp.proj.weight"] == kinds["tok_emb.weight"] == ("q", "joint")
+    assert [j["codec"] for j in header["joint"]] == ["rans"]
+
+
+def test_joint_payload_of_many_small_tensors_is_smaller_and_exact(tmp_path):
+    tensors = {f"w{i}": qtensor((64 * (1 + i % 3), 128), 6, 20 + i) for i in range(8)}
+    tensors["w5bits"] = qtensor((32, 64), 5, 40)
+    tensors["odd"] = qtensor((16, 48), 6, 41)  # cols not a multiple of 64: its own stream
+    info = save_artifact(tmp_path / "m.pgolf", config={}, tensors=tensors)
+    data = (tmp_path / "m.pgolf").read_bytes()
+    header = json.loads(data[16:16 + struct.unpack_from("<I", data, 12)[0]])
+    codecs = {e["name"]: e["codes"]["codec"] for e in header["tensors"]}
+    assert codecs["odd"] == "rans" and codecs["w5bits"] == "rans" and {codecs[f"w{i}"] for i in range(8)} == {"joint"}
+    assert len(header["joint"]) == 1 and sum(info.tensor_bytes.values()) == header["payload_bytes"]
+    separate = sum(len(codec.rans_encode(t.codes, 6, scales=t.scale)) for n, t in tensors.items() if n.startswith("w") and n != "w5bits")
+    assert header["joint"][0]["length"] < separate
+    art = load_artifact(tmp_path / "m.pgolf", expected={k: tuple(v.shape) for k, v in tensors.items()})
+    for name, t in tensors.items():
+        assert_same(art.tensors[name], t)
 
 
 @pytest.mark.parametrize("codec", ["rans", "zstd", "zlib", "raw"])
@@ -128,7 +161,7 @@ def test_corruption_is_named(tmp_path):
     hlen = struct.unpack_from("<I", good, 12)[0]
     cases = [
         (b"NOTPGOLF" + good[8:], "bad magic"),
-        (good[:8] + struct.pack("<I", 2) + good[12:], "unsupported artifact format version 2"),
+        (good[:8] + struct.pack("<I", 3) + good[12:], "unsupported artifact format version 3"),
         (good[:10], "truncated"),
         (good[:16 + hlen // 2], "truncated"),
         (good[:16 + hlen + 5], "truncated"),
@@ -153,6 +186,12 @@ def test_corruption_behind_a_valid_checksum_is_named(tmp_path):
     flipped[at] ^= 0x10
     with pytest.raises(ArtifactError, match="'blocks.0.attn.qkv.weight': rANS stream"):
         load_artifact(corrupt(tmp_path, resealed(flipped)))
+    joint = header["joint"][0]
+    flipped = bytearray(good)
+    flipped[16 + hlen + joint["offset"] + joint["length"] - 3] ^= 0x10
+    with pytest.raises(ArtifactError, match=r"joint rANS payload 0 \(tensors 'blocks.0.mlp.proj.weight', "
+                                            r"'tok_emb.weight'\): rANS stream"):
+        load_artifact(corrupt(tmp_path, resealed(flipped)))
 
     def with_header(mutate):
         h = json.loads(good[16:16 + hlen])
@@ -169,8 +208,20 @@ def test_corruption_behind_a_valid_checksum_is_named(tmp_path):
     def kind(h):
         h["tensors"][2]["kind"] = "fancy"
 
+    def joint_index(h):
+        h["tensors"][-1]["codes"]["joint"] = 1
+
+    def joint_rows(h):
+        h["tensors"][-1]["rows"], h["tensors"][-1]["shape"] = 4, [4, 128]
+
+    def joint_bounds(h):
+        h["joint"][0]["offset"] = 10 ** 6
+
     for mutate, message in [(shape, "has 16 bytes, 5 x torch.float32 needs 20"), (offset, "outside the"),
-                            (kind, "unknown kind 'fancy'")]:
+                            (kind, "unknown kind 'fancy'"),
+                            (joint_index, "'tok_emb.weight': codes refer to joint payload 1 of 1"),
+                            (joint_rows, "joint rANS payload 0 .*'tok_emb.weight'.* holds 640 values, its tensors need 768"),
+                            (joint_bounds, "joint rANS payload 0 .*outside the")]:
         with pytest.raises(ArtifactError, match=message):
             load_artifact(corrupt(tmp_path, with_header(mutate)))
 

@@ -20,6 +20,13 @@ def corpus():
     halves = np.concatenate([rng.integers(-1, 2, (8, 64)), rng.integers(-31, 32, (8, 64))]).astype(np.int8)
     out += [codec.rans_encode(halves, 6), codec.rans_encode(halves[np.arange(16).reshape(2, 8).T.reshape(-1)], 6),
             codec.rans_encode(np.zeros((4, 6), np.int8), 6), codec.rans_encode(np.zeros((0, 3), np.int8), 6)]
+    # joint streams (rans_encode_set): grouping "segments", one group per tensor or cluster
+    rng = np.random.default_rng(123)
+    parts = [np.clip(np.round(rng.standard_normal((n, 64)) * s), -31, 31).astype(np.int8)
+             for n, s in [(4, 2), (8, 9), (2, 2), (4, 20), (6, 9), (4, 2), (8, 20), (2, 9)]]
+    joint, _ = codec.rans_encode_set(parts, 6)
+    assert joint is not None and codec.rans_info(joint)["grouping"] == "segments"
+    out.append(joint)
     return out
 
 

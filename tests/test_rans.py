@@ -65,6 +65,15 @@ def reference_decode(data):
         group = [0] * rows
     elif mode == 1:
         group = [r * groups // rows for r in range(rows)]
+    elif mode == 3:
+        lengths = [varint() for _ in range(varint())]
+        width = (groups - 1).bit_length()
+        nbytes = (len(lengths) * width + 7) // 8
+        bitsval = int.from_bytes(data[pos:pos + nbytes], "little")
+        pos += nbytes
+        ids = [(bitsval >> (k * width)) & ((1 << width) - 1) for k in range(len(lengths))]
+        group = [g for g, n in zip(ids, lengths) for _ in range(n)]
+        assert len(group) == rows
     else:
         width = (groups - 1).bit_length()
         nbytes = (rows * width + 7) // 8
@@ -139,11 +148,54 @@ def test_stream_layout_matches_independent_reference_decoder():
         info = codec.rans_info(data)
         assert info["shape"] == x.shape and info["bits"] == bits
         if mode is not None:
-            assert info["grouping"] == ("one", "contiguous", "mapped")[mode]
+            assert info["grouping"] == ("one", "contiguous", "mapped", "segments")[mode]
             assert info["row_groups"].shape == (x.shape[0] if x.ndim == 2 else 1,)
             assert info["row_groups"].max() == info["groups"] - 1
         modes.add(mode)
     assert {0, 1, 2} <= modes, modes  # one group, contiguous groups and a row map all exercised
+
+
+def segmented_set(seed=11):
+    """Eight small "tensors" of three code spreads (as in a trained model), 64 values per row."""
+    rng = np.random.default_rng(seed)
+    return [np.clip(np.round(rng.standard_normal((rows, 64)) * spread), -31, 31).astype(np.int8)
+            for rows, spread in [(8, 2), (16, 9), (4, 2), (8, 20), (12, 9), (8, 2), (16, 20), (4, 9)]]
+
+
+def test_segments_grouping_matches_reference_decoder():
+    tensors = segmented_set()
+    flat = np.concatenate(tensors)
+    data = codec.rans_encode(flat, 6, segments=[len(t) for t in tensors])
+    y, mode = reference_decode(data)
+    np.testing.assert_array_equal(y, flat)
+    info = codec.rans_info(data)
+    assert mode == 3 and info["grouping"] == "segments" and 2 <= info["groups"] <= len(tensors)
+    ids = np.split(info["row_groups"], np.cumsum([len(t) for t in tensors])[:-1])
+    assert all((g == g[0]).all() for g in ids)  # one group per segment
+    assert len(data) < len(codec.rans_encode(flat, 6))
+    for bad in ([], [8], [0, 76], [75, 2]):
+        if bad:
+            with pytest.raises(ValueError, match="segments"):
+                codec.rans_encode(flat, 6, segments=bad)
+
+
+def test_encode_set_is_smaller_than_a_stream_each_and_exact():
+    tensors = segmented_set()
+    joint, own = codec.rans_encode_set(tensors, 6)
+    assert joint is not None and own == [None] * len(tensors)
+    assert len(joint) < sum(len(codec.rans_encode(t, 6)) for t in tensors)
+    assert codec.rans_info(joint)["shape"] == (sum(t.size for t in tensors) // 64, 64)
+    for a, b in zip(codec.rans_decode_set(joint, [t.size for t in tensors]), tensors):
+        np.testing.assert_array_equal(a, b.reshape(-1))
+    with pytest.raises(codec.CodecError, match="holds 4864 values, its tensors need 4865"):
+        codec.rans_decode_set(joint, [t.size for t in tensors] + [1])
+    # cols not a multiple of 64 or no values: a stream of its own; the rest joint with rows of gcd(cols)
+    odd, empty = np.ones((3, 48), np.int8), np.zeros((0, 64), np.int8)
+    joint, own = codec.rans_encode_set([tensors[0], odd, np.concatenate([tensors[1]] * 2, 1), empty], 6)
+    assert codec.rans_info(joint)["shape"] == (8 + 32, 64)
+    assert own[0] is None and own[2] is None and own[1] is not None and own[3] is not None
+    np.testing.assert_array_equal(codec.rans_decode(own[1]), odd)
+    assert codec.rans_encode_set([np.zeros((4, 512), np.int8)], 6)[0] is None  # one tensor: its own stream
 
 
 def test_golden_streams():
