@@ -20,6 +20,7 @@ ext_modules = [
     Pybind11Extension(
         "pgolf._codec",
         sorted(glob("csrc/*.cpp")),
+        depends=sorted(glob("csrc/*.h")),  # a header change rebuilds the extension
         include_dirs=["csrc"],
         cxx_std=17,
         extra_compile_args=extra_compile_args,
