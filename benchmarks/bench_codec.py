@@ -315,6 +315,29 @@ def stale_sources() -> list[str]:
     return sorted(p.name for p in src.glob("*") if p.stat().st_mtime > built) if src.is_dir() else []
 
 
+def check_targets(rows: list, packs: list[dict], speed: dict) -> list[tuple[str, bool]]:
+    """The issue's targets, each with its verdict: rANS never larger than the best general
+    compressor and within 0.5 % of the per-row-group entropy floor on every case; pack and unpack
+    >= 1 GB/s per core for every width; a 36M-value model encoded and decoded in < 2 s each."""
+    checks = []
+    for case in dict.fromkeys(r.case for r in rows):
+        mine = next(r for r in rows if r.case == case and r.method == "pgolf-rans")
+        others = [r for r in rows if r.case == case and r.method != "pgolf-rans"]
+        if others:
+            best = min(others, key=lambda r: r.bytes)
+            checks.append((f"{case}: rANS {mine.bytes:,} <= best general {best.method} {best.bytes:,}",
+                           mine.bytes <= best.bytes))
+        checks.append((f"{case}: rANS / per-row-group floor {mine.ratio_group_floor:.4f} <= 1.005",
+                       mine.ratio_group_floor <= 1.005))
+    for q in packs:
+        checks.append((f"int{q['bits']}: pack {q['pack_GBps']:.2f} and unpack {q['unpack_GBps']:.2f} GB/s >= 1",
+                       min(q["pack_GBps"], q["unpack_GBps"]) >= 1.0))
+    scale = 36e6 / speed["values"]
+    checks.append((f"rANS on 36M values: encode {speed['encode_s'] * scale:.2f} s, decode "
+                   f"{speed['decode_s'] * scale:.2f} s, each < 2", max(speed["encode_s"], speed["decode_s"]) * scale < 2))
+    return checks
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small cases only, no 17M case, small speed tests")
@@ -358,6 +381,15 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out if args.out is not None else (None if args.quick else RESULTS)
     if out is not None:
         write_report(out, rows, packs, speed, machine(), argv)
+    if not args.quick:  # quick cases are too small for the floor and speed targets
+        checks = check_targets(rows, packs, speed)
+        lines = [f"- {'PASS' if ok else 'MISSED'}: {text}" for text, ok in checks]
+        print("\n".join(["targets:", *lines]))
+        if out is not None:
+            with open(out / "codec.md", "a") as f:
+                f.write("\n## Targets\n\n" + "\n".join(lines) + "\n")
+        if not all(ok for _, ok in checks):
+            raise SystemExit("codec benchmark: a target was MISSED (see above)")
     return {"rows": rows, "bitpack": packs, "rans_speed": speed}
 
 

@@ -289,3 +289,19 @@ def test_quick_benchmark_rans_beats_general_compressors(tmp_path):
         best_other = min(r.bytes for r in rows if r.case == case and r.method != "pgolf-rans")
         assert mine.bytes < best_other, case
         assert mine.ratio_group_floor < 1.012, (case, mine.ratio_group_floor)  # 64K-value tensors: tables show
+
+
+def test_codec_benchmark_flags_every_missed_target():
+    from benchmarks.bench_codec import Row, check_targets
+
+    def row(method, nbytes, ratio=1.001):
+        return Row("case", method, 1000, nbytes, ratio, ratio, ratio, 0.1, 0.1)
+
+    good = check_targets([row("pgolf-rans", 100), row("bytes+brotli-11", 101)],
+                         [{"bits": 6, "pack_GBps": 3.0, "unpack_GBps": 2.0}],
+                         {"values": 36_000_000, "encode_s": 1.5, "decode_s": 0.2})
+    assert all(ok for _, ok in good) and len(good) == 4
+    bad = check_targets([row("pgolf-rans", 102, ratio=1.006), row("bytes+brotli-11", 101)],
+                        [{"bits": 5, "pack_GBps": 3.0, "unpack_GBps": 0.8}],
+                        {"values": 18_000_000, "encode_s": 1.1, "decode_s": 0.2})
+    assert [ok for _, ok in bad] == [False, False, False, False]  # bytes, floor, unpack, speed (2.2 s at 36M)
