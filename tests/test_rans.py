@@ -279,7 +279,7 @@ def test_row_groups_beat_the_tensor_floor_and_reach_the_group_floor():
 
 
 def test_quick_benchmark_rans_beats_general_compressors(tmp_path):
-    from benchmarks.bench_codec import main
+    from benchmarks.codec_sizes import main
 
     result = main(["--quick", "--methods", "zstd-22,lzma-9e", "--out", str(tmp_path)])
     assert (tmp_path / "codec.md").exists() and (tmp_path / "codec.csv").exists()
@@ -292,7 +292,7 @@ def test_quick_benchmark_rans_beats_general_compressors(tmp_path):
 
 
 def test_codec_benchmark_flags_every_missed_target():
-    from benchmarks.bench_codec import Row, check_targets
+    from benchmarks.codec_sizes import Row, check_targets
 
     def row(method, nbytes, ratio=1.001):
         return Row("case", method, 1000, nbytes, ratio, ratio, ratio, 0.1, 0.1)

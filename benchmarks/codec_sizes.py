@@ -1,9 +1,9 @@
 """Codec benchmark: pgolf rANS against general compressors on the same quantised tensors,
 plus bit-packing throughput and the rANS speed on a 36M-value model.
 
-    python -m benchmarks.bench_codec              # full run, writes benchmarks/results/codec.{md,csv}
-    python -m benchmarks.bench_codec --quick      # small cases, no big ones (for tests)
-    python -m benchmarks.bench_codec --state-dict model.pt --bits 6   # a trained model's weights
+    python -m benchmarks.codec_sizes              # full run, writes benchmarks/results/codec.{md,csv}
+    python -m benchmarks.codec_sizes --quick      # small cases, no big ones (for tests)
+    python -m benchmarks.codec_sizes --state-dict model.pt --bits 6   # a trained model's weights
 
 Every case is a list of per-row quantised 2-D code tensors (QTensor codes and row scales).
 Methods: rANS exactly as the artifact codes QTensors (pgolf.codec.rans_encode_set: one joint
@@ -274,7 +274,7 @@ def write_report(out: Path, rows: list[Row], packs: list[dict], speed: dict, inf
                         f"{r.ratio_tensor_floor:.5f}", f"{r.ratio_joint_floor:.5f}", f"{r.encode_s:.4f}",
                         f"{r.decode_s:.4f}"])
     lines = ["# Codec benchmark", "",
-             f"`python -m benchmarks.bench_codec {' '.join(argv)}`".replace(" `", "`"), "",
+             f"`python -m benchmarks.codec_sizes {' '.join(argv)}`".replace(" `", "`"), "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ". One thread; wall seconds.", "",
              "pgolf-rans codes each case as the artifact does (`pgolf.codec.rans_encode_set`: one joint "
              "stream of the tensors whose cols are multiples of 64 when that is smaller, else a stream "
