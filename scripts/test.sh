@@ -15,4 +15,4 @@ fi
 if [ "$rc" -ne 0 ] || [ "$#" -gt 0 ]; then
     exit "$rc"
 fi
-PYTHON=.venv/bin/python exec bash scripts/sanitize.sh
+PYTHON="$PWD/.venv/bin/python" exec bash scripts/sanitize.sh
