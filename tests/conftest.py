@@ -58,7 +58,3 @@ def poison_empty(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(real_empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(real_empty_like(*a, **k)))
-
-
-def requires_cuda():
-    return pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

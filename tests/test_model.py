@@ -174,3 +174,15 @@ def test_flash_attention_branch_uses_the_flash_layout(monkeypatch):
     monkeypatch.setattr(CausalSelfAttention, "_use_flash", lambda self, q: True)
     assert torch.allclose(attn(x), expected, atol=1e-6)
     assert calls == [((2, 9, 4, 8), (2, 9, 2, 8), True)]
+
+
+def test_training_and_eval_use_bf16_autocast_on_cuda_only():
+    import warnings
+
+    from pgolf.evaluate import autocast_for
+
+    with warnings.catch_warnings():  # a CPU-only build warns that CUDA autocast is unavailable here
+        warnings.simplefilter("ignore")
+        cuda = autocast_for(torch.device("cuda"))
+    assert isinstance(cuda, torch.autocast) and cuda.fast_dtype == torch.bfloat16 and cuda.device == "cuda"
+    assert not isinstance(autocast_for(torch.device("cpu")), torch.autocast)  # CPU runs stay fp32 (exact tests)

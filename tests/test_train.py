@@ -61,7 +61,7 @@ def test_end_to_end_run_writes_everything_and_learns(tiny_data, tmp_path, capsys
     assert "quant_gap val_bpb:" in out
     losses = train_losses(tmp_path / "run")
     assert len(losses) == 30 and losses[-1] < losses[0] - 0.5
-    assert result["val_bpb"] < result["unigram_bpb"] + 0.5  # 30 tiny steps: near unigram, not random
+    assert result["val_bpb"] < result["unigram_bpb"] - 0.05  # learned more than token frequencies
     assert abs(result["quant_gap_bpb"]) < 0.05
 
 
@@ -136,7 +136,8 @@ def _cli_env() -> dict[str, str]:
     return env
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_finishes(tiny_data, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_and_resume_finishes(tiny_data, tmp_path, signum):
     sets = tiny_sets(tiny_data, tmp_path, **{"train.iterations": 100000, "train.checkpoint_every": 0})
     cmd = [sys.executable, "-m", "pgolf.cli", "train", "--preset", "demo", *sum((["--set", s] for s in sets), [])]
     proc = subprocess.Popen(cmd, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -144,16 +145,16 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tiny_data, tmp_path):
     for line in proc.stdout:
         if line.startswith("step:3/") or time.time() > deadline:
             break
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     rest = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 128 + signal.SIGTERM, rest
+    assert proc.returncode == 128 + signum, rest
     assert "checkpoint saved" in rest
     step = load_checkpoint(tmp_path / "checkpoint.pt")["step"]
     assert step >= 3
     resumed = subprocess.run(cmd[:-2] + ["--set", f"train.iterations={step + 2}", "--resume"], env=_cli_env(),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resumed from" in resumed.stdout and f"step:{step + 2}/{step + 2} train_loss" in resumed.stdout
+    assert "resumed from" in resumed.stdout and f"step:{step + 2}/{step + 2} train_loss" in resumed.stdout
 
 
 @pytest.mark.distributed
@@ -293,3 +294,13 @@ def test_triton_kernels_and_torch_references_train_alike(tiny_data):
             losses[kernels].append(loss.item())
     assert losses["triton"] == pytest.approx(losses["torch"], rel=1e-4)
     assert losses["torch"][2] < losses["torch"][0]
+
+
+def test_cli_takes_the_official_environment_names(monkeypatch, capsys):
+    monkeypatch.setenv("NUM_LAYERS", "3")
+    monkeypatch.setenv("ITERATIONS", "77")
+    monkeypatch.setenv("DATA_PATH", "shards/sp1024")
+    assert cli_main(["config", "--preset", "baseline"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["model"]["num_layers"] == 3 and resolved["train"]["iterations"] == 77
+    assert resolved["data"]["val_glob"] == "shards/sp1024/fineweb_val_*.bin"
