@@ -368,4 +368,6 @@ def _export_and_score(cfg, env, device, model, log, run_dir, val_tokens, val_byt
         write_submission(run_dir / "submission.json", result)
         plot_loss_curve(log.metrics_path, run_dir / "loss_curve.png", title=f"{cfg.name}: val_bpb {post.bpb:.4f}")
         log.line(f"run directory: {run_dir}")
+    if env.distributed:  # leave together: a rank tearing down gloo while another still works can abort
+        dist.barrier()
     return result
