@@ -67,7 +67,6 @@ There is no autograd: this is an optimizer op.
 """
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import torch
@@ -164,83 +163,10 @@ def newton_schulz_reference(x: torch.Tensor, *, steps: int = 5, schedule: Schedu
 
 
 # ----------------------------------------------------------------------------- kernels
-@functools.lru_cache(maxsize=None)
 def _kernels():
-    """Build the Triton kernels on first use, so importing this module never imports triton."""
-    global triton, tl, _mm_tile
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _mm_tile(a_ptr, stride_am, stride_ak, b_ptr, stride_bk, stride_bn, offs_m, offs_n, M, N, K,
-                 PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        # fp32 tile (A @ B)[offs_m, offs_n] of A: [M, K], B: [K, N]; out-of-range rows/cols read 0.
-        offs_k = tl.arange(0, BK)  # [BK]
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            kk = k0 + offs_k
-            a = tl.load(a_ptr + offs_m[:, None] * stride_am + kk[None, :] * stride_ak,
-                        mask=(offs_m[:, None] < M) & (kk[None, :] < K), other=0.0)  # [BM, BK]
-            b = tl.load(b_ptr + kk[:, None] * stride_bk + offs_n[None, :] * stride_bn,
-                        mask=(kk[:, None] < K) & (offs_n[None, :] < N), other=0.0)  # [BK, BN]
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        return acc
-
-    @triton.jit
-    def _ns_sym_kernel(x_ptr, c_ptr, out_ptr, M, K,
-                       stride_xb, stride_xm, stride_xk,
-                       stride_cb, stride_cm, stride_cn,
-                       stride_ob, stride_om, stride_on,
-                       alpha, beta,
-                       HAS_C: tl.constexpr, PRECISION: tl.constexpr,
-                       BM: tl.constexpr, BK: tl.constexpr):
-        # out[b] = alpha * X[b] @ X[b]^T + beta * C[b]; X: [M, K], C and out: [M, M] symmetric.
-        pid_i = tl.program_id(0)
-        pid_j = tl.program_id(1)
-        if pid_j < pid_i:  # lower tiles are written by their mirror program
-            return
-        pid_b = tl.program_id(2).to(tl.int64)
-        x_ptr += pid_b * stride_xb
-        offs_i = pid_i * BM + tl.arange(0, BM)  # [BM]
-        offs_j = pid_j * BM + tl.arange(0, BM)  # [BM]
-        # X^T is X read with its two strides swapped
-        acc = _mm_tile(x_ptr, stride_xm, stride_xk, x_ptr, stride_xk, stride_xm, offs_i, offs_j, M, M, K,
-                       PRECISION, BM, BM, BK) * alpha  # [BM, BM]
-        mask = (offs_i[:, None] < M) & (offs_j[None, :] < M)  # [BM, BM]
-        if HAS_C:
-            c = tl.load(c_ptr + pid_b * stride_cb + offs_i[:, None] * stride_cm + offs_j[None, :] * stride_cn,
-                        mask=mask, other=0.0)  # [BM, BM]
-            acc += beta * c.to(tl.float32)
-        tile = acc.to(out_ptr.dtype.element_ty)  # [BM, BM]
-        out_ptr += pid_b * stride_ob
-        tl.store(out_ptr + offs_i[:, None] * stride_om + offs_j[None, :] * stride_on, tile, mask=mask)
-        if pid_j != pid_i:
-            tl.store(out_ptr + offs_j[:, None] * stride_om + offs_i[None, :] * stride_on, tl.trans(tile),
-                     mask=(offs_j[:, None] < M) & (offs_i[None, :] < M))  # [BM, BM] mirrored
-
-    @triton.jit
-    def _ns_update_kernel(b_ptr, x_ptr, out_ptr, M, N,
-                          stride_bb, stride_bm, stride_bk,
-                          stride_xb, stride_xm, stride_xn,
-                          stride_ob, stride_om, stride_on,
-                          a_coef,
-                          PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        # out[b] = a * X[b] + B[b] @ X[b]; B: [M, M], X and out: [M, N].
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        pid_b = tl.program_id(2).to(tl.int64)
-        x_ptr += pid_b * stride_xb
-        offs_m = pid_m * BM + tl.arange(0, BM)  # [BM]
-        offs_n = pid_n * BN + tl.arange(0, BN)  # [BN]
-        acc = _mm_tile(b_ptr + pid_b * stride_bb, stride_bm, stride_bk, x_ptr, stride_xm, stride_xn,
-                       offs_m, offs_n, M, N, M, PRECISION, BM, BN, BK)  # [BM, BN]
-        mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)  # [BM, BN]
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_n[None, :] * stride_xn, mask=mask, other=0.0)
-        acc += a_coef * x.to(tl.float32)
-        tl.store(out_ptr + pid_b * stride_ob + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on,
-                 acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-    return _ns_sym_kernel, _ns_update_kernel
+    """``(sym kernel, update kernel)``, imported on first launch (never at package import)."""
+    from . import _newton_schulz_kernels as k
+    return k._ns_sym_kernel, k._ns_update_kernel
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -250,6 +176,14 @@ _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 def _block(size: int, cap: int) -> int:
     """Power-of-two tile edge in [16, cap] covering ``size`` when it is small (tl.dot needs >= 16)."""
     return max(16, min(cap, 1 << max(0, size - 1).bit_length()))
+
+
+def ns_tiles(m: int, n: int) -> dict[str, int]:
+    """Tile edges for wide ``(m, n)`` matrices (``m <= n``), launched with Triton's default 4 warps
+    and 3 stages. ``BM``: Gram / update row tile; ``BK_GRAM``: reduction over ``n`` in ``X X^T``;
+    ``BK_SQ``: reduction over ``m`` in ``A A^T`` and ``B X``; ``BN``: update column tile. Untuned:
+    they compile for sm_90 without spills (``tests/test_sm90_compile.py``); speed is unmeasured."""
+    return dict(BM=_block(m, 64), BK_GRAM=_block(n, 64), BK_SQ=_block(m, 64), BN=_block(n, 128))
 
 
 def newton_schulz_triton(x: torch.Tensor, *, coeffs: Sequence[tuple[float, float, float]],
@@ -280,10 +214,8 @@ def newton_schulz_triton(x: torch.Tensor, *, coeffs: Sequence[tuple[float, float
     A = torch.empty((Bt, M, M), device=x.device, dtype=x.dtype)
     Bm = torch.empty_like(A)
     precision = "ieee" if x.dtype == torch.float32 else None  # fp32 stays fp32 (no TF32)
-    bm = _block(M, 64)
-    bk_gram = _block(N, 64)
-    bk_sq = _block(M, 64)
-    bn = _block(N, 128)
+    t = ns_tiles(M, N)
+    bm, bk_gram, bk_sq, bn = t["BM"], t["BK_GRAM"], t["BK_SQ"], t["BN"]
     nt = -(-M // bm)
     sym_grid = (nt, nt, Bt)
     update_grid = (nt, -(-N // bn), Bt)
