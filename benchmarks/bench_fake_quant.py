@@ -1,7 +1,8 @@
 """Fake-quant linear, forward + backward: ``y = x @ fq(W)^T``, ``dx``, ``dW``.
 
 Contenders: plain ``F.linear`` (the floor: what QAT costs on top of it), the pure-torch fake quant
-eager and under ``torch.compile``, and the fused Triton kernels. Sizes: ``full`` is 65,536 tokens
+eager and under ``torch.compile``, and the pgolf Triton path (one weight-quantising kernel, the forward
+and dx GEMMs on its output, a dW GEMM with the clip mask in its epilogue). Sizes: ``full`` is 65,536 tokens
 x the baseline-family matrix shapes in bf16 with float32 master weights (GPU); ``tiny`` is a CPU
 smoke run in float32.
 

@@ -2,6 +2,11 @@
 
 The math (scale rules, rounding, clip mask, soft-round slope) is documented in
 ``triton_kernels/fake_quant.py``; these kernels compute exactly what its torch reference computes.
+
+* ``_fq_weight_kernel``: row scales and the fake-quantised weight in one launch (one program per
+  row), written in the matmul dtype;
+* ``_fq_linear_dw_kernel``: ``dW = g(W) * (dy^T x)``, the clip mask / soft-round slope ``g``
+  applied in the GEMM's epilogue.
 """
 import triton
 import triton.language as tl
@@ -17,87 +22,48 @@ def _rne(x):
 
 
 @triton.jit
-def _fq_tile(w, s, act, QMAX: tl.constexpr):
-    # w [R, C] float32, s [R, 1] float32 row scales, act: scalar bool -> [R, C] float32
-    x = tl.math.div_rn(w, s)
-    q = _rne(tl.minimum(tl.maximum(x, -QMAX), QMAX))
-    return tl.where(act, q * s, w)
-
-
-@triton.jit
-def _fq_row_scales_kernel(w_ptr, s_ptr, K, stride_w, sigma, QMAX: tl.constexpr, SIGMA_RULE: tl.constexpr,
-                          BLOCK: tl.constexpr):
+def _fq_weight_kernel(w_ptr, s_in_ptr, act_ptr, s_ptr, wq_ptr, K, stride_w, stride_wq, sigma,
+                      QMAX: tl.constexpr, RULE: tl.constexpr, WRITE_WQ: tl.constexpr, BLOCK: tl.constexpr):
+    # one program per row r of W[N, K]: s[r] by RULE (0: given in s_in, 1: maxabs, 2: sigma), then,
+    # if WRITE_WQ, wq[r, :] = where(act, fq(W[r, :]), W[r, :]) cast to W's dtype, then to wq's dtype
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)                                            # [BLOCK]
     base = w_ptr + row.to(tl.int64) * stride_w
-    if SIGMA_RULE:
-        acc = tl.zeros([BLOCK], dtype=tl.float64)
-        for k0 in range(0, K, BLOCK):
-            k = k0 + offs
-            acc += tl.load(base + k, mask=k < K, other=0.0).to(tl.float64)
-        mean = tl.sum(acc, axis=0) / K
-        acc2 = tl.zeros([BLOCK], dtype=tl.float64)
-        for k0 in range(0, K, BLOCK):
-            k = k0 + offs
-            d = tl.where(k < K, tl.load(base + k, mask=k < K, other=0.0).to(tl.float64) - mean, 0.0)
-            acc2 += d * d
-        std = tl.sqrt(tl.sum(acc2, axis=0) / K).to(tl.float32)
-        clip = std * sigma
+    if RULE == 0:
+        scale = tl.load(s_in_ptr + row).to(tl.float32)
     else:
-        m = tl.zeros([BLOCK], dtype=tl.float32)
+        if RULE == 2:
+            acc = tl.zeros([BLOCK], dtype=tl.float64)
+            for k0 in range(0, K, BLOCK):
+                k = k0 + offs
+                acc += tl.load(base + k, mask=k < K, other=0.0).to(tl.float64)
+            mean = tl.sum(acc, axis=0) / K
+            acc2 = tl.zeros([BLOCK], dtype=tl.float64)
+            for k0 in range(0, K, BLOCK):
+                k = k0 + offs
+                d = tl.where(k < K, tl.load(base + k, mask=k < K, other=0.0).to(tl.float64) - mean, 0.0)
+                acc2 += d * d
+            std = tl.sqrt(tl.sum(acc2, axis=0) / K).to(tl.float32)
+            clip = std * sigma
+        else:
+            m = tl.zeros([BLOCK], dtype=tl.float32)
+            for k0 in range(0, K, BLOCK):
+                k = k0 + offs
+                m = tl.maximum(m, tl.abs(tl.load(base + k, mask=k < K, other=0.0).to(tl.float32)))
+            clip = tl.max(m, axis=0)
+        scale = tl.math.div_rn(clip, tl.full([], QMAX, tl.float32))
+        scale = tl.minimum(tl.maximum(scale, MIN_SCALE), FP16_MAX).to(tl.float16).to(tl.float32)
+    tl.store(s_ptr + row, scale.to(tl.float16))
+    if WRITE_WQ:
+        act = tl.load(act_ptr) != 0
+        out = wq_ptr + row.to(tl.int64) * stride_wq
         for k0 in range(0, K, BLOCK):
             k = k0 + offs
-            m = tl.maximum(m, tl.abs(tl.load(base + k, mask=k < K, other=0.0).to(tl.float32)))
-        clip = tl.max(m, axis=0)
-    scale = tl.math.div_rn(clip, tl.full([], QMAX, tl.float32))
-    scale = tl.minimum(tl.maximum(scale, MIN_SCALE), FP16_MAX)
-    tl.store(s_ptr + row, scale.to(tl.float16))
-
-
-@triton.jit
-def _fq_linear_fwd_kernel(x_ptr, w_ptr, s_ptr, act_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
-                          QMAX: tl.constexpr, PREC: tl.constexpr,
-                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    # y[M, N] = x[M, K] @ fq(W[N, K])^T, W quantised tile by tile in registers
-    rm = tl.program_id(0) * BM + tl.arange(0, BM)                        # [BM]
-    rn = tl.program_id(1) * BN + tl.arange(0, BN)                        # [BN]
-    rk = tl.arange(0, BK)                                                 # [BK]
-    act = tl.load(act_ptr) != 0
-    s = tl.load(s_ptr + rn, mask=rn < N, other=1.0).to(tl.float32)        # [BN]
-    x_rows = x_ptr + rm[:, None].to(tl.int64) * stride_xm                 # [BM, 1]
-    w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_wn                # [BN, 1]
-    acc = tl.zeros((BM, BN), dtype=tl.float32)                            # [BM, BN]
-    for k0 in range(0, K, BK):
-        k = k0 + rk
-        x = tl.load(x_rows + k[None, :], mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)  # [BM, BK]
-        w = tl.load(w_rows + k[None, :], mask=(rn[:, None] < N) & (k[None, :] < K), other=0.0)  # [BN, BK]
-        wq = _fq_tile(w.to(tl.float32), s[:, None], act, QMAX).to(x.dtype)                     # [BN, BK]
-        acc = tl.dot(x, tl.trans(wq), acc, input_precision=PREC)                                # [BM, BN]
-    y = y_ptr + rm[:, None].to(tl.int64) * stride_ym + rn[None, :]
-    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
-
-
-@triton.jit
-def _fq_linear_dx_kernel(dy_ptr, w_ptr, s_ptr, act_ptr, dx_ptr, M, N, K, stride_dym, stride_wn, stride_dxm,
-                         QMAX: tl.constexpr, PREC: tl.constexpr,
-                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    # dx[M, K] = dy[M, N] @ fq(W[N, K])
-    rm = tl.program_id(0) * BM + tl.arange(0, BM)                        # [BM]
-    rk = tl.program_id(1) * BK + tl.arange(0, BK)                        # [BK]
-    rn = tl.arange(0, BN)                                                 # [BN]
-    act = tl.load(act_ptr) != 0
-    acc = tl.zeros((BM, BK), dtype=tl.float32)                            # [BM, BK]
-    for n0 in range(0, N, BN):
-        n = n0 + rn
-        s = tl.load(s_ptr + n, mask=n < N, other=1.0).to(tl.float32)                          # [BN]
-        dy = tl.load(dy_ptr + rm[:, None].to(tl.int64) * stride_dym + n[None, :],
-                     mask=(rm[:, None] < M) & (n[None, :] < N), other=0.0)                      # [BM, BN]
-        w = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + rk[None, :],
-                    mask=(n[:, None] < N) & (rk[None, :] < K), other=0.0)                       # [BN, BK]
-        wq = _fq_tile(w.to(tl.float32), s[:, None], act, QMAX).to(dy.dtype)                   # [BN, BK]
-        acc = tl.dot(dy, wq, acc, input_precision=PREC)                                         # [BM, BK]
-    dx = dx_ptr + rm[:, None].to(tl.int64) * stride_dxm + rk[None, :]
-    tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rk[None, :] < K))
+            w = tl.load(base + k, mask=k < K, other=0.0)                  # [BLOCK] W's dtype
+            w32 = w.to(tl.float32)
+            q = _rne(tl.minimum(tl.maximum(tl.math.div_rn(w32, scale), -QMAX), QMAX)) * scale
+            q = tl.where(act, q, w32)                                      # [BLOCK] float32
+            tl.store(out + k, q.to(w.dtype).to(wq_ptr.dtype.element_ty), mask=k < K)
 
 
 @triton.jit
