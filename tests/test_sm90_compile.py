@@ -1,0 +1,132 @@
+"""Every Triton kernel compiles for Hopper (sm_90: H100 / H200) at the tiles its launcher uses there.
+
+No GPU is needed: ``triton.compile`` lowers a kernel to PTX and runs the ``ptxas`` bundled with the
+triton wheel for a given target. This catches what the interpreter cannot see -- code generation
+failures, register spills, shared memory over the per-block limit, 16-bit dots that do not become
+``wgmma``, and (for the quantiser) code generation folding away the rounding trick -- before a GPU
+session pays for it. It says nothing about speed, and does not replace running on a GPU.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from triton_kernels.fake_quant import dw_tile_config, weight_block
+from triton_kernels.newton_schulz import ns_tiles
+
+triton = pytest.importorskip("triton")
+NVIDIA_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+WORKER = Path(__file__).with_name("sm90_compile_worker.py")
+SHARED_LIMIT = 232_448  # bytes of shared memory one block may use on sm_90 (227 KiB)
+TOKENS = 65_536
+TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+pytestmark = [
+    pytest.mark.skipif(not (NVIDIA_BIN / "ptxas").exists() or not (NVIDIA_BIN / "cuobjdump").exists(),
+                       reason=f"this triton build has no bundled ptxas / cuobjdump in {NVIDIA_BIN}"),
+    pytest.mark.slow,
+]
+
+
+def _ptr(dtype):
+    return ["ptr", TYPES[dtype]]
+
+
+def _weight_spec(w_dtype, out_dtype, rule_id, rows, cols, write=True):
+    args = [("w_ptr", _ptr(w_dtype)), ("s_in_ptr", ["ptr", "fp16"]), ("act_ptr", ["ptr", "i1"]),
+            ("s_ptr", ["ptr", "fp16"]), ("wq_ptr", _ptr(out_dtype)), ("K", ["int", cols]),
+            ("stride_w", ["int", cols]), ("stride_wq", ["int", cols if write else 0]), ("sigma", ["float", 12.85]),
+            ("QMAX", ["const", 31]), ("RULE", ["const", rule_id]), ("WRITE_WQ", ["const", write]),
+            ("BLOCK", ["const", weight_block(cols, on_gpu=True)])]
+    return dict(id=f"fq_weight-{TYPES[w_dtype]}-to-{TYPES[out_dtype]}-rule{rule_id}-{rows}x{cols}-write{int(write)}",
+                module="triton_kernels._fake_quant_kernels", kernel="_fq_weight_kernel", args=args,
+                num_warps=4, num_stages=3, quantises=write)
+
+
+def _dw_spec(dtype, n, k, soft):
+    cfg = dw_tile_config(dtype, on_gpu=True)
+    args = [("dy_ptr", _ptr(dtype)), ("x_ptr", _ptr(dtype)), ("w_ptr", ["ptr", "fp32"]), ("s_ptr", ["ptr", "fp16"]),
+            ("act_ptr", ["ptr", "i1"]), ("t_ptr", ["ptr", "fp32"]), ("dw_ptr", ["ptr", "fp32"]),
+            ("M", ["int", TOKENS]), ("N", ["int", n]), ("K", ["int", k]), ("m_per_split", ["int", 4096]),
+            ("stride_dym", ["int", n]), ("stride_xm", ["int", k]), ("stride_wn", ["int", k]),
+            ("stride_dws", ["int", n * k]), ("stride_dwn", ["int", k]),
+            ("QMAX", ["const", 31]), ("SOFT", ["const", soft]),
+            ("PREC", ["const", "ieee" if dtype == torch.float32 else "tf32"]),
+            ("BM", ["const", cfg["BM"]]), ("BN", ["const", cfg["BN"]]), ("BK", ["const", cfg["BK"]])]
+    return dict(id=f"fq_dw-{TYPES[dtype]}-{n}x{k}-soft{int(soft)}", module="triton_kernels._fake_quant_kernels",
+                kernel="_fq_linear_dw_kernel", args=args, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                tensor_cores=dtype != torch.float32)
+
+
+def _ns_specs(dtype, b, m, n):
+    """The three launches of one Newton-Schulz step on a wide (b, m, n) stack."""
+    t = ns_tiles(m, n)
+    prec = ["const", "ieee" if dtype == torch.float32 else None]
+    ptr = _ptr(dtype)
+
+    def strides(prefix, rows, cols):
+        return [(f"stride_{prefix}b", ["int", rows * cols]), (f"stride_{prefix}m", ["int", cols]),
+                (f"stride_{prefix}{'k' if prefix == 'x' else 'n'}", ["int", 1])]
+
+    def sym(name, k, has_c, bk):
+        c = strides("c", m, m) if has_c else [("stride_cb", ["int", 0]), ("stride_cm", ["int", 0]),
+                                               ("stride_cn", ["int", 0])]
+        args = ([("x_ptr", ptr), ("c_ptr", ptr), ("out_ptr", ptr), ("M", ["int", m]), ("K", ["int", k])]
+                + strides("x", m, k) + c + strides("o", m, m)
+                + [("alpha", ["float", 2.0]), ("beta", ["float", -4.0]), ("HAS_C", ["const", has_c]),
+                   ("PRECISION", prec), ("BM", ["const", t["BM"]]), ("BK", ["const", bk])])
+        return dict(id=f"ns_{name}-{TYPES[dtype]}-{b}x{m}x{n}", kernel="_ns_sym_kernel", args=args)
+
+    update_args = ([("b_ptr", ptr), ("x_ptr", ptr), ("out_ptr", ptr), ("M", ["int", m]), ("N", ["int", n])]
+                   + [("stride_bb", ["int", m * m]), ("stride_bm", ["int", m]), ("stride_bk", ["int", 1])]
+                   + [("stride_xb", ["int", m * n]), ("stride_xm", ["int", n]), ("stride_xn", ["int", 1])]
+                   + [("stride_ob", ["int", m * n]), ("stride_om", ["int", n]), ("stride_on", ["int", 1])]
+                   + [("a_coef", ["float", 3.0]), ("PRECISION", prec), ("BM", ["const", t["BM"]]),
+                      ("BN", ["const", t["BN"]]), ("BK", ["const", t["BK_SQ"]])])
+    specs = [sym("gram", n, False, t["BK_GRAM"]), sym("square", m, True, t["BK_SQ"]),
+             dict(id=f"ns_update-{TYPES[dtype]}-{b}x{m}x{n}", kernel="_ns_update_kernel", args=update_args)]
+    for s in specs:
+        s.update(module="triton_kernels._newton_schulz_kernels", num_warps=4, num_stages=3,
+                 tensor_cores=dtype != torch.float32)
+    return specs
+
+
+SPECS = (
+    [_weight_spec(torch.float32, torch.bfloat16, rule, 2048, 512) for rule in (0, 1, 2)]
+    + [_weight_spec(torch.float32, torch.bfloat16, 2, 512, 2048), _weight_spec(torch.bfloat16, torch.bfloat16, 1, 512, 512),
+       _weight_spec(torch.float32, torch.float32, 1, 512, 512), _weight_spec(torch.float32, torch.bfloat16, 2, 512, 2048,
+                                                                            write=False)]
+    + [_dw_spec(torch.bfloat16, n, k, soft) for (n, k), soft in (((512, 512), False), ((2048, 512), True),
+                                                                  ((512, 2048), False))]
+    + [_dw_spec(torch.float32, 512, 512, True)]
+    # record-stack banks in their wide orientation: 512x512, 256x512, 512x2048 (2048x512 transposed)
+    + [s for m, n in ((512, 512), (256, 512), (512, 2048)) for s in _ns_specs(torch.bfloat16, 11, m, n)]
+    + _ns_specs(torch.float32, 3, 256, 512)
+)
+
+
+@pytest.fixture(scope="module")
+def compiled() -> dict:
+    specs = [{k: v for k, v in s.items() if k not in ("quantises", "tensor_cores")} for s in SPECS]
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    proc = subprocess.run([sys.executable, str(WORKER)], input=json.dumps(specs), capture_output=True, text=True,
+                          env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {r["id"]: r for r in json.loads(proc.stdout)}
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s["id"] for s in SPECS])
+def test_kernel_compiles_for_sm90_without_spills(compiled, spec):
+    r = compiled[spec["id"]]
+    assert r["stack"] == 0 and r["local"] == 0, f"register spills: {r}"
+    assert r["reg"] <= 255
+    assert r["dynamic_shared"] + r["shared"] <= SHARED_LIMIT, r
+    if spec.get("tensor_cores"):
+        assert r["wgmma"] > 0, "a 16-bit dot that does not use Hopper's wgmma"
+    if spec.get("quantises"):
+        assert r["div_rn"] > 0, "w / s must be an IEEE division like torch's"
+        assert r["rne_add"] > 0 and r["rne_sub"] == r["rne_add"], f"the rounding trick was folded: {r}"
