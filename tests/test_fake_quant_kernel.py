@@ -198,6 +198,26 @@ def test_softround_slope_limits():
     assert cold[3000].item() < 1e-6 and cold[3500].item() > 9  # flat at integers (x=0), steep at ties (x=0.5)
 
 
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_autocast_multiplies_in_the_autocast_dtype_like_f_linear(impl):
+    """A float32 x under autocast computes in the autocast dtype (fp16 here: the interpreter's bf16
+    dot is broken), as F.linear does; dx comes back float32; no float32 copy of fq(W) is saved."""
+    x = torch.randn(M, K, requires_grad=True)
+    w, dy = _weight().requires_grad_(), torch.randn(M, N)
+    saved = []
+    with torch.autocast("cpu", dtype=torch.float16), \
+            torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = fq.fake_quant_linear(x, w, bits=6, rule="sigma", impl=impl, **RULE_KW)
+        plain = F.linear(x, w)
+    assert y.dtype == plain.dtype == torch.float16
+    scale = fq.row_scales_reference(w, bits=6, rule="sigma", **RULE_KW)
+    want = F.linear(x.half(), fq.fake_quant_reference(w, scale, 6).half())
+    torch.testing.assert_close(y, want, atol=2e-3, rtol=2e-3)
+    dx, dw = torch.autograd.grad(y, (x, w), dy.half())
+    assert dx.dtype == torch.float32 and dw.dtype == torch.float32
+    assert not [t for t in saved if t.shape == w.shape and t.dtype == torch.float32 and t is not w]
+
+
 def test_bad_inputs_raise_clear_errors(monkeypatch):
     w, x = _weight(), torch.randn(M, K)
     scale = fq.row_scales_reference(w, bits=6)

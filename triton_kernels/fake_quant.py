@@ -418,14 +418,15 @@ def fake_quant_linear(x: torch.Tensor, weight: torch.Tensor, *, bits: int, rule:
         active: when false (bool or one-element bool tensor) the op is a plain linear.
         impl: ``"auto"`` | ``"triton"`` | ``"torch"`` (see ``triton_kernels._dispatch``).
 
-    Returns ``(..., out_features)`` in ``x.dtype``. Forward is the hard quantiser of the module
+    Returns ``(..., out_features)`` in ``x.dtype``, or in the autocast dtype under autocast (as
+    ``F.linear`` does; ``dx`` comes back in ``x.dtype``). Forward is the hard quantiser of the module
     docstring, bit-identical to ``pgolf.quant`` export; ``dx = dy @ fq(W)``; ``dW = g(W) * (dy^T x)``
     with ``g`` zero on clipped weights and 1 (STE) or the soft-round slope elsewhere. Scales get
     no gradient.
 
     The Triton path launches, per forward, one kernel that computes the row scales and writes
-    ``fq(W)`` in ``x.dtype`` (``out x in`` elements: 2 MiB in bf16 for 2048 x 512; never a float32
-    copy unless ``x`` is float32), then ``x @ fq(W)^T`` as one ``torch.mm`` (cuBLAS on a GPU); the
+    ``fq(W)`` in the matmul dtype (``out x in`` elements: 2 MiB in bf16 for 2048 x 512; never a float32
+    copy unless the matmul runs in float32), then ``x @ fq(W)^T`` as one ``torch.mm`` (cuBLAS on a GPU); the
     backward computes ``dx = dy @ fq(W)`` with ``torch.mm`` on the saved ``fq(W)`` and ``dW`` in one
     Triton GEMM whose epilogue applies ``g``. Every launch is a ``torch.library`` custom op, so the
     Triton path also runs inside ``torch.compile(fullgraph=True)``.
@@ -453,11 +454,22 @@ def fake_quant_linear(x: torch.Tensor, weight: torch.Tensor, *, bits: int, rule:
     given = None
     if rule == "percentile":
         given = row_scales_reference(weight, bits=bits, rule=rule, percentile=percentile)
+    dtype = _matmul_dtype(x)
     scale, wq = _fq_weight_op(weight.detach(), given, active, bits, "given" if given is not None else rule,
-                              float(sigma), x.dtype)
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+                              float(sigma), dtype)
+    x2 = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
     y = _fq_linear_op(x2, wq, weight, scale, active, temperature, bits, surrogate)
     return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype ``F.linear`` would compute in: the autocast dtype where autocast is on for ``x``'s
+    device (so QAT under bf16 autocast multiplies bf16, even when the residual stream is float32),
+    else ``x.dtype``."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
 
 
 def _flag_tensor(value: bool | float | torch.Tensor, dtype: torch.dtype, device: torch.device,
