@@ -72,6 +72,13 @@ def format_table(rows: list[dict], message_width: int = 60) -> str:
                      for line in table)
 
 
+def share_of_budget(total_s: float, spent_s: float, benchmarks_left: int) -> float:
+    """Seconds for the next benchmark: what is left of ``total_s``, shared by those still to run
+    (a benchmark that finishes early leaves its time to the ones after it); at least 1 s, so a
+    late benchmark still checks its contenders and reports the rest ``skipped``."""
+    return max(1.0, (total_s - spent_s) / benchmarks_left)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m benchmarks.run``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
@@ -82,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                         "and benchmarks/results/tiny for tiny runs, which git ignores)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--budget-s", type=float, help="time budget per benchmark in seconds "
-                        f"(default: {FULL_BUDGET_S:g} s shared on full, none on tiny)")
+                        f"(default on full: {FULL_BUDGET_S:g} s shared, what one leaves going to the "
+                        "next; none on tiny)")
     parser.add_argument("--bench-dir", type=Path, help="folder of bench_*.py modules (default: here)")
     args = parser.parse_args(argv)
 
@@ -121,9 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     peaks = measure_peaks(device)
     print(f"# peaks: {peaks.flops_per_s / 1e12:.3g} TFLOP/s, {peaks.bytes_per_s / 1e9:.4g} GB/s, "
           f"launch {peaks.launch_s * 1e6:.3g} us ({peaks.method})", file=sys.stderr)
-    budget = args.budget_s
-    if budget is None and size == "full" and benches:
-        budget = FULL_BUDGET_S / len(benches)
+    shared_budget = args.budget_s is None and size == "full"
+    run_start = time.monotonic()
 
     all_rows = []
     for module, error in errors:
@@ -132,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                   contender="-", baseline="-", device=str(device), status=ERROR,
                   message=f"import failed: {error}", peaks=asdict(peaks), provenance=provenance)
         all_rows += _record([row], out)
-    for bench in benches:
+    for i, bench in enumerate(benches):
         start = time.monotonic()
+        budget = args.budget_s
+        if shared_budget:
+            budget = share_of_budget(FULL_BUDGET_S, start - run_start, len(benches) - i)
         print(f"[{bench.name}] {size} on {device}" + (f", budget {budget:g} s" if budget else ""),
               file=sys.stderr)
         rows = run_benchmark(bench, size=size, device=device, peaks=peaks, budget_s=budget,

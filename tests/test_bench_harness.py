@@ -247,6 +247,13 @@ def test_run_exits_nonzero_on_a_wrong_contender_or_a_broken_module(tmp_path, cap
     assert bench_run.main(["--bench-dir", str(bad), "--out", str(out), "--only", "nothing"]) == 2
 
 
+def test_full_run_budget_passes_unused_time_on():
+    assert bench_run.share_of_budget(540, 0, 3) == 180
+    assert bench_run.share_of_budget(540, 30, 2) == 255  # the first took 30 s of its 180
+    assert bench_run.share_of_budget(540, 400, 1) == 140
+    assert bench_run.share_of_budget(540, 600, 1) == 1.0  # overrun: still checks, then skips
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_full_size_refuses_without_a_gpu(capsys):
     assert bench_run.main(["--size", "full"]) == 2
