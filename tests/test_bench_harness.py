@@ -270,3 +270,14 @@ def test_smoke_run_over_the_real_bench_modules(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "contender" in proc.stdout
     assert len(list(tmp_path.glob("*.jsonl"))) == len(modules)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_script_refuses_without_a_gpu():
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "bench"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "sees no CUDA GPU" in proc.stderr
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "everything"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "usage:" in proc.stderr
