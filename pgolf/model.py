@@ -39,27 +39,23 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding tables for one head dimension, cached per length and device."""
+    """Rotary position embedding tables for one head dimension.
+
+    ``cos``/``sin`` of ``t * inv_freq`` (``[1, 1, T, head_dim/2]``) are computed at every call: a
+    ``T x head_dim/2`` outer product, negligible next to attention, and nothing cached on the
+    module -- a Python-side cache makes ``torch.compile`` guard on it and recompile the whole model
+    once it is filled (a full recompile inside the timed training steps).
+    """
 
     def __init__(self, head_dim: int, base: float):
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._cache: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
-            self._build(seq_len, device)
-        return self._cache[2].to(dtype), self._cache[3].to(dtype)
-
-    @torch.inference_mode(False)
-    def _build(self, seq_len: int, device: torch.device) -> None:
-        """Fill the cache with ordinary tensors, even when first called under inference mode
-        (validation), so training can reuse them."""
-        with torch.no_grad():
-            t = torch.arange(seq_len, device=device, dtype=torch.float32)
-            freqs = torch.outer(t, self.inv_freq.to(device))  # [T, head_dim/2]
-            self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
+        t = torch.arange(seq_len, device=device, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq.to(device))  # [T, head_dim/2]
+        return freqs.cos()[None, None].to(dtype), freqs.sin()[None, None].to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

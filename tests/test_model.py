@@ -142,14 +142,36 @@ def test_fresh_model_has_official_init():
     assert n == sum(p.numel() for p in model.parameters())
 
 
-def test_rope_tables_built_during_inference_serve_training():
+def test_inference_before_training_leaves_nothing_training_cannot_use():
     cfg = ModelConfig(vocab_size=32, num_layers=1, model_dim=16, num_heads=2, num_kv_heads=1)
     model = GPT(cfg)
     x = torch.randint(0, 32, (1, 8))
     with torch.inference_mode():
         model.logits(x)  # validation first (as right after a resume)
-    model(x, x).backward()  # training must reuse the cached tables
+    model(x, x).backward()
     assert model.blocks[0].attn.c_q.weight.grad is not None
+
+
+def test_compiled_training_steps_do_not_recompile():
+    """The first call compiles; later steps (and a validation call in between) must reuse it. A
+    module attribute filled on first use (a RoPE cache once) made step 2 recompile the model."""
+    cfg = ModelConfig(vocab_size=32, num_layers=2, model_dim=16, num_heads=2, num_kv_heads=1)
+    model = GPT(cfg)
+    graphs = []
+
+    def count_graphs(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    fwd = torch.compile(model, backend=count_graphs, dynamic=False)
+    x = torch.randint(0, 32, (2, 8))
+    fwd(x, x).backward()
+    first = len(graphs)
+    with torch.no_grad():
+        model.logits(x)
+    for _ in range(2):
+        fwd(x, x).backward()
+    assert first > 0 and len(graphs) == first
 
 
 def test_flash_attention_branch_uses_the_flash_layout(monkeypatch):
