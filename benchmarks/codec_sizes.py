@@ -92,7 +92,7 @@ def state_dict_case(path: str, bits: int, rule: str) -> dict[str, tuple[int, Ten
     """A trained model: every floating 2-D+ tensor of a saved state dict or pgolf checkpoint, per-row quantised."""
     import torch
 
-    from pgolf.checkpoint import load_checkpoint
+    from pgolf.train.checkpoint import load_checkpoint
     sd = load_checkpoint(path)  # a plain state dict, or a pgolf checkpoint holding one under "model"
     sd = sd.get("model", sd) if isinstance(sd, dict) else sd
     mats = [t.detach().float().reshape(t.shape[0], -1).numpy() for t in sd.values()

@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CodecError", "CodecUnavailable", "available", "packed_size", "pack_bits", "unpack_bits",
+__all__ = ["COMPRESSORS", "CodecError", "CodecUnavailable", "available", "packed_size", "pack_bits", "unpack_bits",
            "rans_encode", "rans_decode", "rans_info", "rans_encode_set", "rans_decode_set"]
 
+# The payload compressors an artifact can be written with (``quant.codec``).
+COMPRESSORS = ("zlib", "zstd", "rans")
 # Largest tensor a rANS stream may declare unless the caller says otherwise (2**32 values).
 DEFAULT_MAX_VALUES = 1 << 32
 # Tensors share a joint stream (rans_encode_set) only when their cols are multiples of this:

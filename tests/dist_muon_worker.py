@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pgolf.muon import Muon  # noqa: E402
+from pgolf.optim.muon import Muon  # noqa: E402
 
 # Banks of 3, 2 and 1 matrices (odd sizes so 2 ranks get unequal shares), one tall, row_norm and
 # weight decay on in the second group.

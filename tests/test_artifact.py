@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from pgolf import codec
-from pgolf.artifact import MAGIC, ArtifactError, load_artifact, save_artifact
-from pgolf.qtensor import QTensor
+from pgolf.artifact.format import MAGIC, ArtifactError, load_artifact, save_artifact
+from pgolf.quant.qtensor import QTensor
 
 GOLDEN = Path(__file__).parent / "golden" / "artifact_v2.pgolf"
 GOLDEN_V1 = Path(__file__).parent / "golden" / "artifact_v1.pgolf"

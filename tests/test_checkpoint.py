@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from pgolf.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from pgolf.train.checkpoint import load_checkpoint, save_checkpoint
+from pgolf.util.atomic import atomic_write_bytes
 
 
 def test_a_failed_write_leaves_the_old_checkpoint_intact(tmp_path):

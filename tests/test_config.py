@@ -58,7 +58,7 @@ def test_official_env_names_map_to_existing_keys():
     (["noequals"], "--set expects key=value"),
     (["optim.ns_schedule=cubic"], "optim.ns_schedule: unknown schedule 'cubic'"),
     (["optim.ns_schedule=[[1, 2]]"], "optim.ns_schedule: a custom schedule must be"),
-    (["train.kernels=cuda"], "train.kernels must be auto, triton or torch"),
+    (["train.kernels=cuda"], "train.kernels must be one of auto, triton, torch"),
 ])
 def test_invalid_values_are_rejected_with_the_key_named(sets, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from pgolf import corpus, dataset
-from pgolf.corpus import corpus_sha256, iter_documents
-from pgolf.dataset import (DataError, add_arguments, build_dataset, build_embedded_dataset, read_documents,
-                           read_manifest, run, val_doc_count)
-from pgolf.progress import progress
-from pgolf.shards import load_tokens, read_shard
-from pgolf.tokenizer import load_tokenizer
+from pgolf.data import build as dataset, corpus
+from pgolf.data.corpus import corpus_sha256, iter_documents
+from pgolf.cli.data import add_arguments, run
+from pgolf.data.build import (DataError, build_dataset, build_embedded_dataset, read_documents, read_manifest,
+                              val_doc_count)
+from pgolf.util.progress import progress
+from pgolf.data.shards import load_tokens, read_shard
+from pgolf.data.tokenizer import load_tokenizer
 
 SMALL = dict(vocab_size=400, max_docs=300, shard_tokens=20_000, progress=False)
 

@@ -105,7 +105,7 @@ class _LaunchCounter:
 @pytest.mark.parametrize("rule", fq.RULES)
 def test_one_weight_launch_per_forward_and_no_float32_copy(monkeypatch, rule):
     """Forward: one weight-kernel launch; backward: one dW launch; the saved fq(W) has x's dtype."""
-    from triton_kernels import _fake_quant_kernels as kernels
+    from triton_kernels.fake_quant import kernels
     weight_k = _LaunchCounter(kernels._fq_weight_kernel)
     dw_k = _LaunchCounter(kernels._fq_linear_dw_kernel)
     monkeypatch.setattr(kernels, "_fq_weight_kernel", weight_k)

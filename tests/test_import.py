@@ -32,5 +32,5 @@ def test_importing_every_module_has_no_side_effects(tmp_path):
     report = json.loads(lines[0])
     assert report["cuda_initialized"] is False
     assert report["env_changed"] == []
-    assert "pgolf.model" in report["modules"] and "triton_kernels" in report["modules"]
+    assert "pgolf.model.gpt" in report["modules"] and "triton_kernels" in report["modules"]
     assert list(tmp_path.iterdir()) == [], "imports created files in the working directory"

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.loader import LoaderError, TokenLoader
-from pgolf.shards import write_shard
+from pgolf.data.loader import LoaderError, TokenLoader
+from pgolf.data.shards import write_shard
 
 SIZES = (1000, 37, 2500, 0, 463)
 
@@ -79,11 +79,9 @@ def test_resume_sees_the_same_tokens(shards):
         for m in range(2):
             first.next_batch(step, micro_step=m, **geometry)
     state = first.state_dict()
-    assert state["step"] == 4
     resumed = TokenLoader(pattern, rank=1, world_size=2, seed=5)
     resumed.load_state_dict(state)
-    assert resumed.step == 4
-    for step in range(resumed.step, resumed.step + 3):
+    for step in range(4, 7):  # the position is the step, which the checkpoint holds
         for m in range(2):
             a, b = first.next_batch(step, micro_step=m, **geometry), resumed.next_batch(step, micro_step=m, **geometry)
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

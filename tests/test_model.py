@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from pgolf.config import ModelConfig, load_config
-from pgolf.model import GPT, parameter_groups
+from pgolf.model.gpt import GPT
+from pgolf.optim.optimizers import parameter_groups
 
 
 def official_state_dict(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -177,7 +178,7 @@ def test_compiled_training_steps_do_not_recompile():
 def test_flash_attention_branch_uses_the_flash_layout(monkeypatch):
     """flash-attn takes [B, T, H, hd] tensors with fewer K/V heads (GQA) and causal=True; a stand-in
     with that contract (computed by SDPA) must give the same output as the SDPA branch."""
-    from pgolf.model import CausalSelfAttention
+    from pgolf.model.attention import CausalSelfAttention
 
     calls = []
 
@@ -201,7 +202,7 @@ def test_flash_attention_branch_uses_the_flash_layout(monkeypatch):
 def test_training_and_eval_use_bf16_autocast_on_cuda_only():
     import warnings
 
-    from pgolf.evaluate import autocast_for
+    from pgolf.util.device import autocast_for
 
     with warnings.catch_warnings():  # a CPU-only build warns that CUDA autocast is unavailable here
         warnings.simplefilter("ignore")

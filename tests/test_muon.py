@@ -1,4 +1,4 @@
-"""pgolf.muon.Muon against a per-matrix implementation of the official algorithm, across impls,
+"""pgolf.optim.muon.Muon against a per-matrix implementation of the official algorithm, across impls,
 across a checkpoint, and across 2 torchrun processes."""
 import os
 import socket
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf.muon import Muon
+from pgolf.optim.muon import Muon
 from triton_kernels._dispatch import interpreter_enabled
 
 HERE = Path(__file__).resolve().parent

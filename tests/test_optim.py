@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from pgolf.config import ModelConfig, load_config
-from pgolf.model import GPT
-from pgolf.muon import Muon
-from pgolf.optim import Optimizers, lr_multiplier, muon_momentum
+from pgolf.model.gpt import GPT
+from pgolf.optim.muon import Muon
+from pgolf.optim.optimizers import Optimizers
+from pgolf.optim.schedule import lr_multiplier, muon_momentum
 
 
 def test_step_warmdown_is_linear_over_the_last_iterations():

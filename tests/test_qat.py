@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgolf.config import QuantConfig
-from pgolf.layers import CastedLinear
-from pgolf.qat import enable_qat, qat_state_at, set_qat_state
+from pgolf.model.layers import CastedLinear
+from pgolf.quant.qat import enable_qat, qat_state_at, set_qat_state
 from triton_kernels.fake_quant import fake_quant_linear
 
 

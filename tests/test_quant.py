@@ -5,10 +5,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgolf.config import QuantConfig
-from pgolf.layers import CastedLinear
-from pgolf.qat import enable_qat, set_qat_state
-from pgolf.qtensor import QTensor
-from pgolf.quant import dequantize_state_dict, plan, quantize_state_dict, quantize_tensor
+from pgolf.model.layers import CastedLinear
+from pgolf.model.roles import CONTROL, EMBED, HEAD, MATRIX, parameter_roles
+from pgolf.quant.qat import enable_qat, set_qat_state
+from pgolf.quant.qtensor import QTensor
+from pgolf.quant.plan import plan
+from pgolf.quant.rtn import dequantize_state_dict, quantize_state_dict, quantize_tensor
 from triton_kernels import fake_quant as fq
 
 RULE_KW = dict(percentile=99.0, sigma=2.5)
@@ -68,11 +70,39 @@ def test_plan_policy_and_thresholds():
         "skip_weights": torch.zeros(2, 64),             # small 2-D: float
         "step": torch.zeros(64, 64, dtype=torch.int64),  # not float: passthrough
     }
+    roles = {"blocks.0.attn.c_q.weight": MATRIX, "blocks.0.mlp.fc.weight": MATRIX,
+             "blocks.0.mlp.proj.weight": MATRIX, "tok_emb.weight": EMBED, "blocks.0.attn_scale": CONTROL,
+             "skip_weights": CONTROL}  # "step" is no parameter (a buffer)
     qcfg = QuantConfig(bits=6, policy="mlp.proj=0,mlp=5,tok_emb=8", keep_float_max_numel=1000)
-    assert plan(sd, qcfg) == {
+    assert plan(sd, qcfg, roles) == {
         "blocks.0.attn.c_q.weight": 6, "blocks.0.mlp.fc.weight": 5, "blocks.0.mlp.proj.weight": 0,
         "tok_emb.weight": 8, "blocks.0.attn_scale": 0, "skip_weights": 0, "step": 0,
     }
+    big_control = {"resid_mix": torch.zeros(2, 4096)}  # 2-D and large, but a control gain: stays float
+    assert plan(big_control, qcfg, {"resid_mix": CONTROL}) == {"resid_mix": 0}
+    assert plan(big_control, qcfg, {"resid_mix": MATRIX}) == {"resid_mix": 6}
+
+
+def test_roles_of_the_baseline_model_drive_plan_and_optimiser_split():
+    """Roles are declared by the layers: block linears are matrices, the embedding is embed, an untied
+    head is head, every other parameter (gains, mixes, skip weights) is control."""
+    from pgolf.config import ModelConfig
+    from pgolf.model.gpt import GPT
+    from pgolf.optim.optimizers import parameter_groups
+
+    model = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1,
+                            tie_embeddings=False))
+    roles = parameter_roles(model)
+    assert roles["tok_emb.weight"] == EMBED and roles["lm_head.weight"] == HEAD
+    assert {n for n, r in roles.items() if r == MATRIX} == {
+        f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn.c_q", "attn.c_k", "attn.c_v", "attn.proj",
+                                                             "mlp.fc", "mlp.proj")}
+    assert {n for n, r in roles.items() if r == CONTROL} == {"skip_weights"} | {
+        f"blocks.{i}.{p}" for i in range(2) for p in ("attn.q_gain", "attn_scale", "mlp_scale", "resid_mix")}
+    groups = parameter_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert [names[id(p)] for p in groups["head"]] == ["lm_head.weight"]
+    assert {names[id(p)] for p in groups["scalar"]} == {n for n, r in roles.items() if r == CONTROL}
 
 
 def test_state_dict_round_trip():
@@ -80,12 +110,13 @@ def test_state_dict_round_trip():
     sd = {"a.weight": torch.randn(40, 30, generator=g), "a.gain": torch.randn(30, generator=g),
           "small.weight": torch.randn(3, 4, generator=g), "count": torch.arange(5)}
     qcfg = QuantConfig(bits=6, scale_rule="sigma", clip_sigma=4.0, keep_float_max_numel=100)
-    entries = quantize_state_dict(sd, qcfg)
+    roles = {"a.weight": MATRIX, "a.gain": CONTROL, "small.weight": MATRIX}
+    entries = quantize_state_dict(sd, qcfg, roles)
     assert list(entries) == list(sd)
     assert isinstance(entries["a.weight"], QTensor) and entries["a.weight"].bits == 6
     assert entries["a.gain"].dtype == torch.float32 and torch.equal(entries["a.gain"], sd["a.gain"])
     assert torch.equal(entries["count"], sd["count"])
-    half = quantize_state_dict(sd, qcfg, keep_float_dtype=torch.float16)
+    half = quantize_state_dict(sd, qcfg, roles, keep_float_dtype=torch.float16)
     assert half["small.weight"].dtype == torch.float16
     back = dequantize_state_dict(half, reference=sd)
     assert back["small.weight"].dtype == torch.float32
@@ -120,7 +151,7 @@ def test_qat_weight_equals_exported_weight(impl, bits, rule):
     qcfg = QuantConfig(bits=bits, scale_rule=rule, clip_percentile=99.0, clip_sigma=2.5, keep_float_max_numel=0)
     assert enable_qat(layer, qcfg, impl=impl) == {"": bits}
     set_qat_state(layer, active=True, temperature=0.5)
-    exported = dequantize_state_dict(quantize_state_dict(layer.state_dict(), qcfg))["weight"]
+    exported = dequantize_state_dict(quantize_state_dict(layer.state_dict(), qcfg, parameter_roles(layer)))["weight"]
     used = layer(torch.eye(33)).T  # x = I reads the weight the forward multiplies with
     assert torch.equal(used, exported)
     set_qat_state(layer, active=False)
@@ -139,7 +170,8 @@ def test_qat_model_logits_equal_exported_model_logits(rule):
     with torch.no_grad():
         qat_logits = model(x)
         loaded = _MLP()
-        loaded.load_state_dict(dequantize_state_dict(quantize_state_dict(model.state_dict(), qcfg)))
+        loaded.load_state_dict(dequantize_state_dict(quantize_state_dict(model.state_dict(), qcfg,
+                                                                          parameter_roles(model))))
         assert torch.equal(loaded(x), qat_logits)
         set_qat_state(model, active=False)
         assert not torch.equal(model(x), qat_logits)  # quantisation does change the logits

@@ -109,7 +109,7 @@ def reference_decode(data):
 
 
 def quantise(w, bits, rule="maxabs", k=3.0):
-    """Per-row symmetric quantisation as pgolf.qtensor.QTensor describes it."""
+    """Per-row symmetric quantisation as pgolf.quant.qtensor.QTensor describes it."""
     qmax = 2 ** (bits - 1) - 1
     clip = np.abs(w).max(1, keepdims=True) if rule == "maxabs" else k * w.std(1, keepdims=True)
     return np.clip(np.round(w / (clip / qmax)), -qmax, qmax).astype(np.int8)

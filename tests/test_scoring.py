@@ -15,9 +15,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pgolf.corpus import iter_documents
-from pgolf.scoring import BpbAccumulator, Score, score_stream, token_bytes, window_range
-from pgolf.tokenizer import ByteTable, byte_table, load_tokenizer, train_tokenizer
+from pgolf.data.corpus import iter_documents
+from pgolf.eval.scoring import BpbAccumulator, Score, score_stream, token_bytes, window_range
+from pgolf.data.tokenizer import ByteTable, byte_table, load_tokenizer, train_tokenizer
 
 DOCS = [
     "Hello world. This is plain ASCII.",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.shards import ShardError, load_tokens, read_shard, shard_files, write_shard
+from pgolf.data.shards import ShardError, load_tokens, read_shard, shard_files, write_shard
 
 GOLDEN = Path(__file__).parent / "golden" / "shard_9_tokens.bin"
 GOLDEN_TOKENS = [1, 0, 2, 255, 256, 1023, 8191, 20240, 65535]

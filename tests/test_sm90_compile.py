@@ -43,7 +43,7 @@ def _weight_spec(w_dtype, out_dtype, rule_id, rows, cols, write=True):
             ("QMAX", ["const", 31]), ("RULE", ["const", rule_id]), ("WRITE_WQ", ["const", write]),
             ("BLOCK", ["const", weight_block(cols, on_gpu=True)])]
     return dict(id=f"fq_weight-{TYPES[w_dtype]}-to-{TYPES[out_dtype]}-rule{rule_id}-{rows}x{cols}-write{int(write)}",
-                module="triton_kernels._fake_quant_kernels", kernel="_fq_weight_kernel", args=args,
+                module="triton_kernels.fake_quant.kernels", kernel="_fq_weight_kernel", args=args,
                 num_warps=4, num_stages=3, quantises=write)
 
 
@@ -57,7 +57,7 @@ def _dw_spec(dtype, n, k, soft):
             ("QMAX", ["const", 31]), ("SOFT", ["const", soft]),
             ("PREC", ["const", "ieee" if dtype == torch.float32 else "tf32"]),
             ("BM", ["const", cfg["BM"]]), ("BN", ["const", cfg["BN"]]), ("BK", ["const", cfg["BK"]])]
-    return dict(id=f"fq_dw-{TYPES[dtype]}-{n}x{k}-soft{int(soft)}", module="triton_kernels._fake_quant_kernels",
+    return dict(id=f"fq_dw-{TYPES[dtype]}-{n}x{k}-soft{int(soft)}", module="triton_kernels.fake_quant.kernels",
                 kernel="_fq_linear_dw_kernel", args=args, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
                 tensor_cores=dtype != torch.float32)
 

@@ -5,8 +5,8 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from pgolf.corpus import iter_documents
-from pgolf.tokenizer import SPACE, TokenizerError, byte_table, load_tokenizer, train_tokenizer
+from pgolf.data.corpus import iter_documents
+from pgolf.data.tokenizer import SPACE, TokenizerError, byte_table, load_tokenizer, train_tokenizer
 
 
 @pytest.fixture(scope="module")

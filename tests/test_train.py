@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf.checkpoint import load_checkpoint
+from pgolf.train.checkpoint import load_checkpoint
 from pgolf.cli import main as cli_main
 from pgolf.config import load_config
-from pgolf.dataset import build_embedded_dataset
-from pgolf.report import read_metrics
-from pgolf.train import TrainingError, run_training
+from pgolf.data.build import build_embedded_dataset
+from pgolf.train.runlog import read_metrics
+from pgolf.pipeline import run_training
+from pgolf.train.loop import TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +106,7 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
     cfg = load_config("demo", sets=tiny_sets(tiny_data, tmp_path))
-    from pgolf import model as model_mod
+    from pgolf.model import gpt as model_mod
     real_forward = model_mod.GPT.forward
     calls = {"n": 0}
 
@@ -194,9 +195,9 @@ def test_cli_help_lists_the_commands(capsys):
 def test_qat_training_export_load_gives_identical_logits(tiny_data, tmp_path):
     """Train with QAT to the end, export, load the artifact: the loaded model's logits equal the
     fake-quantised model's logits bit for bit, so the quantisation gap is exactly zero."""
-    from pgolf.export import load_exported
-    from pgolf.model import GPT
-    from pgolf.qat import enable_qat, set_qat_state
+    from pgolf.artifact.export import load_exported
+    from pgolf.model.gpt import GPT
+    from pgolf.quant.qat import enable_qat, set_qat_state
 
     cfg = load_config("demo", sets=tiny_sets(tiny_data, tmp_path, **{
         "train.iterations": 6, "quant.qat_start_frac": 0, "quant.bits": 6, "quant.scale_rule": "sigma",
@@ -232,7 +233,7 @@ def test_eval_command_scores_artifact_and_checkpoint_alike(tiny_data, tmp_path, 
 
 
 def test_oversize_artifact_fails_loudly_but_keeps_the_file(tiny_data, tmp_path, monkeypatch):
-    from pgolf import export
+    from pgolf.artifact import export
     monkeypatch.setattr(export, "SIZE_CAP_BYTES", 1000)
     cfg = load_config("demo", sets=tiny_sets(tiny_data, tmp_path, **{"train.iterations": 2}))
     with pytest.raises(export.OversizeError, match=r"> 1,000; shrink the model or pass --set allow_oversize=1"):
@@ -268,10 +269,10 @@ def test_compiled_training_matches_eager_after_the_warmup_is_undone(tiny_data, t
 def test_triton_kernels_and_torch_references_train_alike(tiny_data):
     """Same seed and batches; Muon's Newton-Schulz and the QAT linear through Triton (the
     interpreter on a CPU) vs their torch references: the per-step losses agree."""
-    from pgolf.loader import TokenLoader
-    from pgolf.model import GPT
-    from pgolf.optim import Optimizers
-    from pgolf.qat import enable_qat, set_qat_state
+    from pgolf.data.loader import TokenLoader
+    from pgolf.model.gpt import GPT
+    from pgolf.optim.optimizers import Optimizers
+    from pgolf.quant.qat import enable_qat, set_qat_state
 
     losses = {}
     for kernels in ("torch", "triton"):

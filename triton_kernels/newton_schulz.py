@@ -144,7 +144,6 @@ def _normalise(x: torch.Tensor, safety: float, eps: float, out: torch.Tensor | N
     return torch.div(x, denom, out=out)
 
 
-# ----------------------------------------------------------------------------- reference
 def newton_schulz_reference(x: torch.Tensor, *, steps: int = 5, schedule: Schedule = "quintic",
                             eps: float = 1e-7) -> torch.Tensor:
     """Pure-torch Newton-Schulz (batched ``torch.matmul``); the test oracle and the CPU fallback.
@@ -162,14 +161,12 @@ def newton_schulz_reference(x: torch.Tensor, *, steps: int = 5, schedule: Schedu
     return X.mT if tall else X
 
 
-# ----------------------------------------------------------------------------- kernels
 def _kernels():
     """``(sym kernel, update kernel)``, imported on first launch (never at package import)."""
     from . import _newton_schulz_kernels as k
     return k._ns_sym_kernel, k._ns_update_kernel
 
 
-# ----------------------------------------------------------------------------- launcher
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -230,7 +227,6 @@ def newton_schulz_triton(x: torch.Tensor, *, coeffs: Sequence[tuple[float, float
     return X
 
 
-# ----------------------------------------------------------------------------- public op
 def newton_schulz(x: torch.Tensor, *, steps: int = 5, schedule: Schedule = "quintic", impl: str = "auto",
                   eps: float = 1e-7) -> torch.Tensor:
     """Approximately orthogonalise each matrix of ``x``: ``U S V^T -> U f(S) V^T`` with ``f(S) ~ 1``.

@@ -1,0 +1,1 @@
+"""The artifact: the file format, export from a trained model (with size accounting) and back."""

@@ -1,0 +1,99 @@
+"""Deterministic distributed training-token loader over memory-mapped shards.
+
+The shards matching a glob, in sorted order (or a seed-dependent permutation when
+``seed != 0``), form one stream ``S`` that wraps around at its end. With ``G`` global tokens
+per step, ``T`` tokens per sequence, ``W`` ranks and ``A`` accumulation micro-steps:
+
+* step ``s`` reads the chunk ``C = S[s*G : s*G + G + 1]`` (indices modulo ``len(S)``);
+* global sequence ``i`` is ``x_i = C[i*T : (i+1)*T]``, ``y_i = C[i*T+1 : (i+1)*T+1]``;
+* with ``n = G / (W*A*T)`` sequences per micro-batch, micro-step ``m`` of rank ``r`` gets
+  global sequences ``[(r*A + m)*n, (r*A + m + 1)*n)``.
+
+So the set of sequences a step trains on depends only on ``(seed, shards, s, G, T)``, never
+on ``W`` or ``A``, and a resumed run sees exactly the tokens it would have. Only the slices
+read are touched in the memory-mapped shards.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from pgolf.data.shards import read_shard, shard_files
+
+
+class LoaderError(ValueError):
+    """An impossible batch geometry, no tokens, or a state from a different shard list."""
+
+
+def _order_key(seed: int, name: str) -> str:
+    return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
+
+
+class TokenLoader:
+    """Serves ``(x, y)`` micro-batches of the shards matching ``pattern`` (see module doc)."""
+
+    def __init__(self, pattern: str, *, rank: int = 0, world_size: int = 1, seed: int = 0):
+        if not 0 <= rank < world_size:
+            raise LoaderError(f"rank {rank} is outside 0..{world_size - 1}")
+        files = shard_files(pattern)
+        if seed != 0:
+            files = sorted(files, key=lambda f: _order_key(seed, f.name))
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.shards = [read_shard(f) for f in files]
+        self.starts = np.cumsum([0] + [s.size for s in self.shards])
+        self.total = int(self.starts[-1])
+        if self.total == 0:
+            raise LoaderError(f"the shards matching {pattern!r} hold no tokens")
+        listing = "\n".join(f"{f.name} {s.size}" for f, s in zip(files, self.shards))
+        self.fingerprint = hashlib.sha256(listing.encode()).hexdigest()
+
+    def _read(self, pos: int, length: int) -> np.ndarray:
+        """``S[pos : pos + length]`` as int64, wrapping across shards and the end of the stream."""
+        out = np.zeros(length, dtype=np.int64)
+        pos %= self.total
+        filled = 0
+        while filled < length:
+            i = int(np.searchsorted(self.starts, pos, side="right")) - 1
+            offset = pos - int(self.starts[i])
+            take = min(length - filled, self.shards[i].size - offset)
+            out[filled:filled + take] = self.shards[i][offset:offset + take]
+            filled += take
+            pos = (pos + take) % self.total
+        return out
+
+    def next_batch(self, step: int, *, global_tokens: int, seq_len: int, grad_accum_steps: int,
+                   micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's ``micro_step`` batch of ``step``: int64 CPU tensors ``x, y`` of shape
+        ``(global_tokens / (world_size * grad_accum_steps * seq_len), seq_len)``."""
+        parts = self.world_size * grad_accum_steps
+        if step < 0 or not 0 <= micro_step < grad_accum_steps:
+            raise LoaderError(f"step {step} must be >= 0 and micro_step {micro_step} in 0..{grad_accum_steps - 1}")
+        if global_tokens <= 0 or seq_len <= 0 or global_tokens % (parts * seq_len):
+            raise LoaderError(f"global_tokens {global_tokens} must split into whole sequences of {seq_len} "
+                              f"over world_size {self.world_size} x grad_accum_steps {grad_accum_steps}")
+        n = global_tokens // (parts * seq_len)
+        first = (self.rank * grad_accum_steps + micro_step) * n
+        span = self._read(step * global_tokens + first * seq_len, n * seq_len + 1)
+        x = torch.from_numpy(span[:-1]).view(n, seq_len)
+        y = torch.from_numpy(span[1:].copy()).view(n, seq_len)
+        return x, y
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run must match: the seed and the fingerprint of the ordered shard list
+        (the position itself is the step, which the checkpoint holds)."""
+        return {"seed": self.seed, "fingerprint": self.fingerprint,
+                "num_shards": len(self.shards), "total_tokens": self.total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Check a :meth:`state_dict` against this loader; raises :class:`LoaderError` if the seed or
+        shards differ."""
+        if state["seed"] != self.seed:
+            raise LoaderError(f"loader state has seed {state['seed']}, this loader has seed {self.seed}")
+        if state["fingerprint"] != self.fingerprint:
+            raise LoaderError(
+                f"loader state is for a different shard list ({state['num_shards']} shards, "
+                f"{state['total_tokens']} tokens, fingerprint {state['fingerprint'][:12]}) than this loader's "
+                f"({len(self.shards)} shards, {self.total} tokens, fingerprint {self.fingerprint[:12]})")

@@ -1,0 +1,1 @@
+"""The model: parameter roles, layers, attention, blocks and the GPT."""

@@ -1,0 +1,1 @@
+"""Optimisers: Muon, the official Adam + Muon split, and their schedules."""

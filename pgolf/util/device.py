@@ -1,0 +1,69 @@
+"""Where a process runs: its place in a ``torchrun`` job, its device, and the collectives the
+training loop needs to keep every rank on the same branch."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Process placement, read once from torchrun's variables by the entry point."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> "DistEnv":
+        """``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` when torchrun set them, else one process."""
+        if "RANK" in environ and "WORLD_SIZE" in environ:
+            return cls(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0)))
+        return cls()
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(requested: str, env: DistEnv) -> torch.device:
+    """``requested`` as a device, or for ``"auto"`` this rank's GPU when CUDA is there, else the CPU."""
+    if requested != "auto":
+        return torch.device(requested)
+    return torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA (as the official script), nothing on CPU (fp32, exact tests)."""
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timing boundaries); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def all_reduce_mean(x: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """``x`` averaged over ranks, in place (unchanged in one process)."""
+    if env.distributed:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        x /= env.world_size
+    return x
+
+
+def any_rank(flags: tuple[bool, ...], env: DistEnv, device: torch.device) -> tuple[bool, ...]:
+    """Each flag OR-ed over all ranks, in one collective, so every rank takes the same branch."""
+    if not env.distributed:
+        return flags
+    t = torch.tensor([int(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
