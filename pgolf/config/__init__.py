@@ -17,7 +17,7 @@ from pgolf.config.load import ENV_OVERRIDES, env_overrides, load_config
 from pgolf.config.presets import PRESETS
 from pgolf.config.run import RunConfig, parse_value, resolve_key
 from pgolf.config.sections import (ConfigError, DataConfig, ModelConfig, OptimConfig, QuantConfig, TrainConfig)
-from pgolf.config.validate import parse_policy
+from pgolf.config.validate import parse_policy, parse_sigma_policy
 
 __all__ = ["ENV_OVERRIDES", "PRESETS", "ConfigError", "DataConfig", "ModelConfig", "OptimConfig", "QuantConfig",
-           "RunConfig", "TrainConfig", "env_overrides", "load_config", "parse_policy", "parse_value", "resolve_key"]
+           "RunConfig", "TrainConfig", "env_overrides", "load_config", "parse_policy", "parse_sigma_policy", "parse_value", "resolve_key"]
