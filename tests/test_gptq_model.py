@@ -158,3 +158,39 @@ def test_sigma_policy_picks_k_per_tensor_kind_for_export_and_qat():
     assert tensor_sigma("blocks.0.mlp.fc.weight", cfg.quant) == 11.5
     assert tensor_sigma("tok_emb.weight", cfg.quant) == 14.0
     assert tensor_sigma("lm_head.weight", cfg.quant) == 12.85
+
+
+def _pipeline_sets(data, run_dir, **extra):
+    values = {"data.train_glob": f"{data}/train_*.bin", "data.val_glob": f"{data}/val_*.bin",
+              "data.tokenizer": f"{data}/tokenizer.model", "data.embedded_default": "false",
+              "model.num_layers": 2, "model.model_dim": 32, "model.num_heads": 2, "model.num_kv_heads": 1,
+              "train.seq_len": 32, "train.train_batch_tokens": 256, "train.micro_batch_tokens": 256,
+              "train.iterations": 6, "train.val_loss_every": 0, "train.val_batch_size": 2048,
+              "train.warmdown_iters": 2, "train.kernels": "torch", "train.run_dir": str(run_dir),
+              "quant.method": "gptq", "quant.gptq_batches": 2, "quant.keep_float_max_numel": 0,
+              "quant.scale_rule": "sigma", "quant.clip_sigma": 3.0, **extra}
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def test_pipeline_reserves_calibration_time_inside_the_cap(trained, tmp_path):
+    from pgolf.pipeline import run_training
+    _, data = trained
+    cap_s = 120.0
+    result = run_training(load_config("demo", sets=_pipeline_sets(data, tmp_path / "run",
+                                                                 **{"train.max_wallclock_seconds": cap_s})),
+                          echo=False)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "gptq_reserve:" in log and "train_plus_calibration:" in log
+    assert result["quant_method"] == "gptq" and result["calibration_ms"] > 0
+    assert result["train_time_ms"] + result["calibration_ms"] <= 1000 * cap_s
+    assert "0 by round-to-nearest" in log
+
+
+def test_a_cap_too_small_for_the_calibration_is_refused_before_training(trained, tmp_path):
+    from pgolf.pipeline import run_training
+    from pgolf.train.loop import TrainingError
+    _, data = trained
+    cfg = load_config("demo", sets=_pipeline_sets(data, tmp_path / "run", **{"train.max_wallclock_seconds": 1e-4}))
+    with pytest.raises(TrainingError, match="leaves no training time"):
+        run_training(cfg, echo=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
