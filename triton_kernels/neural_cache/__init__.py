@@ -98,7 +98,8 @@ def cache_target_logprob(queries: torch.Tensor, keys: torch.Tensor, labels: torc
             or ``"torch"``.
 
     Returns:
-        :class:`CacheLookup` ``(log_p [Q] float32, log_den [Q] float32, count [Q] int32)``;
+        :class:`CacheLookup` ``(log_p [Q], log_den [Q], count [Q] int32)``, float32 (float64
+        for float64 states);
         ``log_p = -inf`` where no visible key has the target label (also when ``count == 0``); never NaN.
     """
     theta = check_lookup(queries, keys, labels, targets, theta=theta, vocab_size=vocab_size, similarity=similarity,

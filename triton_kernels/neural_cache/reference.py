@@ -19,8 +19,8 @@ class CacheLookup(NamedTuple):
     """What a cache lookup returns.
 
     ``log_p``: ``log p_cache`` of the targets ``[Q]`` (target path) or of every token ``[Q, V]``
-    (full-vocabulary path), float32, ``-inf`` where no visible key carries that token.
-    ``log_den``: ``[Q]`` float32, ``log sum_{j visible} exp(theta * sim(q, k_j))``; ``-inf`` when
+    (full-vocabulary path), float32 (float64 for float64 states), ``-inf`` where no visible key
+    carries that token. ``log_den``: ``[Q]``, the same dtype, ``log sum_{j visible} exp(theta * sim(q, k_j))``; ``-inf`` when
     the query sees no key. ``count``: ``[Q]`` int32, the number of keys the query sees (0: empty
     cache, ``p_cache`` undefined, the mixture uses ``p_model`` alone).
     """
@@ -73,7 +73,7 @@ def _finish(log_num: torch.Tensor, log_den: torch.Tensor, count: torch.Tensor) -
     den = log_den if log_num.dim() == 1 else log_den[:, None]
     seen = count > 0 if log_num.dim() == 1 else (count > 0)[:, None]
     log_p = torch.where(seen, log_num - den, torch.full_like(log_num, float("-inf")))
-    return CacheLookup(log_p.float(), log_den.float(), count.to(torch.int32))
+    return CacheLookup(log_p, log_den, count.to(torch.int32))
 
 
 def cache_lookup_reference(queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
