@@ -138,10 +138,19 @@ def test_extreme_theta_stays_finite_and_accurate(theta, similarity):
         assert far.any() and torch.isfinite(got.log_p[far]).all()
 
 
+def test_scores_are_theta_times_the_similarity():
+    inp = _make(5, 9, 24, seed=12)
+    q, k = inp["queries"].double() * 1e-3, inp["keys"].double() * 1e-2  # norms well below 1
+    torch.testing.assert_close(nc.scores_reference(q, k, theta=2.5), 2.5 * q @ k.T)
+    cos = torch.nn.functional.cosine_similarity(q[:, None, :], k[None, :, :], dim=-1)
+    torch.testing.assert_close(nc.scores_reference(q, k, theta=2.5, similarity="cosine"), 2.5 * cos)
+
+
 def test_cosine_ignores_norms_and_survives_zero_vectors():
     inp = _make(7, 37, 24, seed=11)
     base = nc.cache_target_logprob(**inp, theta=3.0, vocab_size=11, similarity="cosine", impl="triton")
-    scaled = dict(inp, queries=inp["queries"] * 7.0, keys=inp["keys"] * torch.rand(37, 1, device=DEV).add(0.5))
+    # norms far from 1 on both sides (a clamp of the norm at the wrong eps would show)
+    scaled = dict(inp, queries=inp["queries"] * 1e-3, keys=inp["keys"] * torch.rand(37, 1, device=DEV).add(0.5) * 1e-2)
     again = nc.cache_target_logprob(**scaled, theta=3.0, vocab_size=11, similarity="cosine", impl="triton")
     _assert_close(again, base, atol=2e-5, rtol=1e-5)
     inp["keys"][3] = 0.0
