@@ -89,9 +89,10 @@ def cache_target_logprob(queries: torch.Tensor, keys: torch.Tensor, labels: torc
         theta: temperature, a finite float ``> 0``.
         vocab_size: ``V``; bounds the labels and targets.
         similarity: ``"dot"`` or ``"cosine"``.
-        key_seq, query_seq: ``[N]`` / ``[Q]`` int scored sequence numbers (both or neither); key ``j``
-            is visible to query ``q`` iff ``key_seq[j] < query_seq[q]``.
-        validate: also check the values (labels and targets in range, queries and keys finite):
+        key_seq, query_seq: ``[N]`` / ``[Q]`` int scored sequence numbers (both or neither), in the
+            int32 range; key ``j`` is visible to query ``q`` iff ``key_seq[j] < query_seq[q]``.
+        validate: also check the values (labels, targets and sequence numbers in range, queries and
+            keys finite):
             one extra pass over the keys and a host synchronisation. An engine that checked its keys
             when inserting them may pass ``False``.
         impl: ``"auto"`` (Triton on CUDA or under ``TRITON_INTERPRET=1``, else torch), ``"triton"``

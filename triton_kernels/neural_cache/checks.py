@@ -6,13 +6,14 @@ import math
 import torch
 
 SIMILARITIES = ("dot", "cosine")
+INT32_RANGE = (-(2**31), 2**31)  # labels, targets and sequence numbers are compared as int32 in the kernel
 
 
 def _int_vector(t, name: str, length: int, length_of: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise ValueError(f"{name} must be a 1-D integer tensor, got shape {tuple(t.shape)} of {t.dtype}")
+    if t.dim() != 1 or t.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{name} must be a 1-D int32 or int64 tensor, got shape {tuple(t.shape)} of {t.dtype}")
     if t.shape[0] != length:
         raise ValueError(f"{name} has {t.shape[0]} entries but {length_of} has {length}")
 
@@ -31,8 +32,8 @@ def check_lookup(queries, keys, labels, targets, *, theta, vocab_size: int, simi
     """Check the arguments of a lookup; returns ``theta`` as a float.
 
     Shapes, dtypes, devices and scalars are always checked. With ``validate`` the values are too
-    (labels and targets in ``[0, vocab_size)``, queries and keys finite): one pass over them and
-    one host synchronisation.
+    (labels and targets in ``[0, vocab_size)``, sequence numbers in the int32 range, queries and
+    keys finite): one pass over them and one host synchronisation.
     """
     for name, t in (("queries", queries), ("keys", keys)):
         if not isinstance(t, torch.Tensor):
@@ -62,10 +63,12 @@ def check_lookup(queries, keys, labels, targets, *, theta, vocab_size: int, simi
     theta = check_theta(theta)
     if validate:
         bad = torch.stack([
-            _out_of_range(labels, vocab_size), _out_of_range(targets, vocab_size, labels.device),
+            _out_of_range(labels, 0, vocab_size), _out_of_range(targets, 0, vocab_size, labels.device),
+            _out_of_range(key_seq, *INT32_RANGE, labels.device), _out_of_range(query_seq, *INT32_RANGE, labels.device),
             ~torch.isfinite(queries).all(), ~torch.isfinite(keys).all()]).tolist()
         for flag, message in zip(bad, (f"labels must lie in [0, vocab_size={vocab_size})",
                                        f"targets must lie in [0, vocab_size={vocab_size})",
+                                       "key_seq must lie in the int32 range", "query_seq must lie in the int32 range",
                                        "queries hold a non-finite value (inf or NaN)",
                                        "keys hold a non-finite value (inf or NaN)")):
             if flag:
@@ -73,10 +76,11 @@ def check_lookup(queries, keys, labels, targets, *, theta, vocab_size: int, simi
     return theta
 
 
-def _out_of_range(t: torch.Tensor | None, vocab_size: int, device: torch.device | None = None) -> torch.Tensor:
+def _out_of_range(t: torch.Tensor | None, low: int, high: int, device: torch.device | None = None) -> torch.Tensor:
+    """0-d bool: does ``t`` hold a value outside ``[low, high)``?"""
     if t is None or t.numel() == 0:
         return torch.zeros((), dtype=torch.bool, device=device if t is None else t.device)
-    return (t.min() < 0) | (t.max() >= vocab_size)
+    return (t.min().long() < low) | (t.max().long() >= high)
 
 
 def check_mix(log_p_model, log_p_cache, lam, count, *, validate: bool) -> None:

@@ -39,10 +39,10 @@ def _cache_lookup_fwd_kernel(q_ptr, k_ptr, lab_ptr, tgt_ptr, kseq_ptr, qseq_ptr,
     i_s = tl.program_id(1)
     o_q = i_q * BQ + tl.arange(0, BQ)  # [BQ]
     m_q = o_q < Q
-    b_tgt = tl.load(tgt_ptr + o_q, mask=m_q, other=0)  # [BQ]
+    b_tgt = tl.load(tgt_ptr + o_q, mask=m_q, other=0).to(tl.int32)  # [BQ]
     b_scale = tl.load(qscale_ptr + o_q, mask=m_q, other=0.0)  # [BQ] theta (or theta / |q|)
     if HAS_SEQ:
-        b_qseq = tl.load(qseq_ptr + o_q, mask=m_q, other=0)  # [BQ]
+        b_qseq = tl.load(qseq_ptr + o_q, mask=m_q, other=0).to(tl.int32)  # [BQ]
     n_start = i_s.to(tl.int64) * keys_per_split
     n_end = tl.minimum(n_start + keys_per_split, N)
     b_m_den = tl.full([BQ], float("-inf"), tl.float32)
@@ -71,14 +71,14 @@ def _cache_lookup_fwd_kernel(q_ptr, k_ptr, lab_ptr, tgt_ptr, kseq_ptr, qseq_ptr,
             b_s = b_s / tl.maximum(tl.sqrt(b_kk), 1e-12)[None, :]
         b_vis = m_q[:, None] & m_n[None, :]  # [BQ, BN]
         if HAS_SEQ:
-            b_kseq = tl.load(kseq_ptr + o_n, mask=m_n, other=0)  # [BN]
+            b_kseq = tl.load(kseq_ptr + o_n, mask=m_n, other=0).to(tl.int32)  # [BN]
             b_vis = b_vis & (b_kseq[None, :] < b_qseq[:, None])
-        b_lab = tl.load(lab_ptr + o_n, mask=m_n, other=0)  # [BN]
+        b_lab = tl.load(lab_ptr + o_n, mask=m_n, other=0).to(tl.int32)  # [BN]
         b_s = tl.where(b_vis, b_s, float("-inf"))
+        b_cnt += tl.sum(b_vis.to(tl.int32), axis=1)
         b_m_den, b_l_den = _online_lse(b_m_den, b_l_den, b_s)
         b_s = tl.where(b_lab[None, :] == b_tgt[:, None], b_s, float("-inf"))
         b_m_num, b_l_num = _online_lse(b_m_num, b_l_num, b_s)
-        b_cnt += tl.sum(b_vis.to(tl.int32), axis=1)
     b_den = _finish_lse(b_m_den, b_l_den)  # [BQ]
     b_num = _finish_lse(b_m_num, b_l_num)  # [BQ]
     o_out = i_s * Q + o_q

@@ -33,6 +33,8 @@ def cache_tiles(n_queries: int, n_keys: int, dim: int, dtype: torch.dtype, *, sm
 
     ``BQ`` queries x ``BN`` keys per block, the dot product reduced over ``BD``-wide slices of the
     hidden dimension (``tl.dot`` needs edges >= 16); 16-bit states use 64-wide slices, float32 32.
+    8 warps: with 4, the ``[64, 64]`` block with sequence numbers needs more than 255 registers on
+    sm_90 and spills; ``BQ = 128`` spills in float32.
     ``splits``: the keys are cut into this many contiguous ranges (each a whole number of ``BN``
     blocks, at least 4 blocks long) so that ``query blocks x splits`` programs cover about two
     waves of ``sm_count`` multiprocessors; with few queries and many keys this is split-K.
@@ -48,7 +50,7 @@ def cache_tiles(n_queries: int, n_keys: int, dim: int, dtype: torch.dtype, *, sm
     splits = max(1, min(want, key_blocks // 4))
     blocks_per_split = -(-key_blocks // splits)
     splits = -(-key_blocks // blocks_per_split) if key_blocks else 1
-    return dict(BQ=bq, BN=bn, BD=bd, num_warps=4, num_stages=3, splits=splits,
+    return dict(BQ=bq, BN=bn, BD=bd, num_warps=8, num_stages=3, splits=splits,
                 keys_per_split=max(1, blocks_per_split) * bn)
 
 
@@ -65,8 +67,9 @@ def cache_lookup_triton(queries: torch.Tensor, keys: torch.Tensor, labels: torch
 
     ``queries [Q, d]`` and ``keys [N, d]`` share a dtype (fp16, bf16, fp32) and have unit stride in
     their last dimension; ``labels [N]``, ``targets [Q]``, ``key_seq [N]``, ``query_seq [Q]`` are
-    int32/int64. ``splits`` overrides the number of key ranges chosen by :func:`cache_tiles`.
-    Values are not checked here (labels in range, finiteness): the public function does that.
+    int32/int64 with values in the int32 range (the kernel compares them as int32, which keeps it
+    free of register spills). ``splits`` overrides the number of key ranges chosen by
+    :func:`cache_tiles`. Values are not checked here (ranges, finiteness): the public function does that.
     """
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
