@@ -349,3 +349,16 @@ def test_gpu_bf16_matches_reference(similarity, Q, N, d):
                                   similarity=similarity)
     want = _oracle(inp, theta=4.0 if similarity == "cosine" else 0.1, similarity=similarity)
     _assert_close(got, want, atol=2e-3, rtol=1e-3)
+
+
+def test_triton_path_compiles_with_fullgraph():
+    inp = _make(5, 70, 16, seq=True)
+
+    def lookup(queries, keys, labels, targets, key_seq, query_seq):
+        out = nc.cache_target_logprob(queries, keys, labels, targets, key_seq=key_seq, query_seq=query_seq,
+                                      theta=0.5, vocab_size=11, validate=False, impl="triton")
+        return out.log_p, out.log_den, out.count
+
+    compiled = torch.compile(lookup, backend="aot_eager", fullgraph=True)
+    got = nc.CacheLookup(*compiled(**inp))
+    _assert_close(got, _oracle(inp, theta=0.5), atol=2e-5, rtol=1e-5)

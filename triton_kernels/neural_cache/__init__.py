@@ -94,7 +94,8 @@ def cache_target_logprob(queries: torch.Tensor, keys: torch.Tensor, labels: torc
         validate: also check the values (labels, targets and sequence numbers in range, queries and
             keys finite):
             one extra pass over the keys and a host synchronisation. An engine that checked its keys
-            when inserting them may pass ``False``.
+            when inserting them may pass ``False``; ``torch.compile(fullgraph=True)`` needs ``False``
+            (the Triton path is a custom op and traces).
         impl: ``"auto"`` (Triton on CUDA or under ``TRITON_INTERPRET=1``, else torch), ``"triton"``
             or ``"torch"``.
 
