@@ -79,6 +79,18 @@ def test_key_splits_combine_to_the_same_result(splits):
     _assert_close(got, _oracle(inp, theta=0.9, similarity="cosine"), atol=2e-5, rtol=1e-5)
 
 
+def test_launcher_rejects_what_the_kernel_cannot_take():
+    inp = _make(5, 20, 16, seq=True)
+    with pytest.raises(ValueError, match="go together"):
+        cache_lookup_triton(**dict(inp, query_seq=None), theta=1.0)
+    with pytest.raises(ValueError, match="unit stride"):
+        cache_lookup_triton(**dict(inp, keys=inp["keys"].T.contiguous().T), theta=1.0)
+    with pytest.raises(ValueError, match="share one dtype"):
+        cache_lookup_triton(**dict(inp, keys=inp["keys"].half()), theta=1.0)
+    with pytest.raises(ValueError, match="int32 or int64"):
+        cache_lookup_triton(**dict(inp, labels=inp["labels"].short()), theta=1.0)
+
+
 def test_tiles_split_the_keys_when_queries_are_few():
     t = cache_tiles(2048, 1 << 20, 512, torch.bfloat16, sm_count=132)
     assert t["splits"] * -(-2048 // t["BQ"]) >= 2 * 132  # about two waves of programs

@@ -16,6 +16,7 @@ from .reference import CacheLookup, query_scale
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INDEX_DTYPES = (torch.int32, torch.int64)
+MAX_SPLITS = 65535  # the grid's second dimension
 
 
 def _kernel():
@@ -47,7 +48,7 @@ def cache_tiles(n_queries: int, n_keys: int, dim: int, dtype: torch.dtype, *, sm
     q_blocks = max(1, -(-n_queries // bq))
     key_blocks = -(-n_keys // bn)
     want = max(1, -(-2 * sm_count // q_blocks))
-    splits = max(1, min(want, key_blocks // 4))
+    splits = max(1, min(want, key_blocks // 4, MAX_SPLITS))
     blocks_per_split = -(-key_blocks // splits)
     splits = -(-key_blocks // blocks_per_split) if key_blocks else 1
     return dict(BQ=bq, BN=bn, BD=bd, num_warps=8, num_stages=3, splits=splits,
@@ -83,6 +84,8 @@ def cache_lookup_triton(queries: torch.Tensor, keys: torch.Tensor, labels: torch
     for name, t in (("labels", labels), ("targets", targets), ("key_seq", key_seq), ("query_seq", query_seq)):
         if t is not None and t.dtype not in INDEX_DTYPES:
             raise ValueError(f"{name} must be int32 or int64, got {t.dtype}")
+    if (key_seq is None) != (query_seq is None):
+        raise ValueError("key_seq and query_seq go together: give both or neither")
     tensors = [t for t in (queries, keys, labels, targets, key_seq, query_seq) if t is not None]
     device = queries.device
     if any(t.device != device for t in tensors):
@@ -94,7 +97,7 @@ def cache_lookup_triton(queries: torch.Tensor, keys: torch.Tensor, labels: torch
     tiles = cache_tiles(Q, N, D, queries.dtype, sm_count=_sm_count(device))
     if splits is not None:
         blocks = max(1, -(-N // tiles["BN"]))
-        per_split = -(-blocks // max(1, min(splits, blocks)))
+        per_split = -(-blocks // max(1, min(splits, blocks, MAX_SPLITS)))
         tiles.update(splits=-(-blocks // per_split), keys_per_split=per_split * tiles["BN"])
     S = tiles["splits"]
     den = torch.empty((S, Q), device=device, dtype=torch.float32)
