@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from triton_kernels.fake_quant import dw_tile_config, weight_block
+from triton_kernels.neural_cache import cache_tiles
 from triton_kernels.newton_schulz import ns_tiles
 
 triton = pytest.importorskip("triton")
@@ -95,6 +96,22 @@ def _ns_specs(dtype, b, m, n):
     return specs
 
 
+def _cache_spec(dtype, similarity, seq, queries=2048, keys=1 << 20, dim=512, sm_count=132):
+    """The neural-cache lookup at the tiles its launcher picks on an H100/H200 (132 SMs)."""
+    t = cache_tiles(queries, keys, dim, dtype, sm_count=sm_count)
+    idx = ["ptr", "i64"]
+    args = [("q_ptr", _ptr(dtype)), ("k_ptr", _ptr(dtype)), ("lab_ptr", idx), ("tgt_ptr", idx),
+            ("kseq_ptr", idx), ("qseq_ptr", idx), ("qscale_ptr", ["ptr", "fp32"]), ("den_ptr", ["ptr", "fp32"]),
+            ("num_ptr", ["ptr", "fp32"]), ("cnt_ptr", ["ptr", "i32"]), ("Q", ["int", queries]), ("N", ["int", keys]),
+            ("D", ["int", dim]), ("keys_per_split", ["int", t["keys_per_split"]]), ("stride_q", ["int", dim]),
+            ("stride_k", ["int", dim]), ("COSINE", ["const", similarity == "cosine"]), ("HAS_SEQ", ["const", seq]),
+            ("PRECISION", ["const", "ieee" if dtype == torch.float32 else None]),
+            ("BQ", ["const", t["BQ"]]), ("BN", ["const", t["BN"]]), ("BD", ["const", t["BD"]])]
+    return dict(id=f"cache_lookup-{TYPES[dtype]}-{similarity}-seq{int(seq)}-{queries}x{keys}x{dim}",
+                module="triton_kernels.neural_cache.kernels", kernel="_cache_lookup_fwd_kernel", args=args,
+                num_warps=t["num_warps"], num_stages=t["num_stages"], tensor_cores=dtype != torch.float32)
+
+
 SPECS = (
     [_weight_spec(torch.float32, torch.bfloat16, rule, 2048, 512) for rule in (0, 1, 2)]
     + [_weight_spec(torch.float32, torch.bfloat16, 2, 512, 2048), _weight_spec(torch.bfloat16, torch.bfloat16, 1, 512, 512),
@@ -106,6 +123,8 @@ SPECS = (
     # record-stack banks in their wide orientation: 512x512, 256x512, 512x2048 (2048x512 transposed)
     + [s for m, n in ((512, 512), (256, 512), (512, 2048)) for s in _ns_specs(torch.bfloat16, 11, m, n)]
     + _ns_specs(torch.float32, 3, 256, 512)
+    + [_cache_spec(torch.bfloat16, sim, seq) for sim, seq in (("dot", False), ("dot", True), ("cosine", True))]
+    + [_cache_spec(torch.float16, "cosine", False, keys=2048), _cache_spec(torch.float32, "dot", True, queries=7)]
 )
 
 
