@@ -17,6 +17,8 @@ import torch
 
 from triton_kernels.fake_quant import dw_tile_config, weight_block
 from triton_kernels.newton_schulz import ns_tiles
+from triton_kernels.softcap_ce import ce_tiles
+from triton_kernels.softcap_ce.ops import FIXED_MAX_SOFTCAP
 
 triton = pytest.importorskip("triton")
 NVIDIA_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -95,6 +97,26 @@ def _ns_specs(dtype, b, m, n):
     return specs
 
 
+CE_ROWS = 98_304  # rows (tokens) of one record-stack step per GPU: only the launch grid, no kernel argument
+
+
+def _softcap_ce_specs(vocab, softcap, dtype=torch.bfloat16):
+    """The forward and backward launches on logits ``[CE_ROWS, vocab]`` (softcap 0: none)."""
+    t = ce_tiles(vocab, on_gpu=True)
+    common = [("V", ["int", vocab]), ("stride_l", ["int", vocab])]
+    tail = [("softcap", ["float", softcap]), ("ignore_index", ["int", -100]), ("SOFTCAP", ["const", softcap > 0])]
+    fwd = ([("l_ptr", _ptr(dtype)), ("y_ptr", ["ptr", "i64"]), ("loss_ptr", ["ptr", "fp32"]),
+            ("lse_ptr", ["ptr", "fp32"])] + common + tail
+           + [("FIXED_MAX", ["const", 0 < softcap <= FIXED_MAX_SOFTCAP]), ("BLOCK_V", ["const", t["BLOCK_V"]])])
+    bwd = ([("l_ptr", _ptr(dtype)), ("y_ptr", ["ptr", "i64"]), ("lse_ptr", ["ptr", "fp32"]),
+            ("dloss_ptr", ["ptr", "fp32"]), ("dlse_ptr", ["ptr", "fp32"]), ("dl_ptr", _ptr(dtype))]
+           + common + [("stride_dl", ["int", vocab])] + tail + [("BLOCK_V", ["const", t["BLOCK_V"]])])
+    name = f"{TYPES[dtype]}-{CE_ROWS}x{vocab}-softcap{softcap:g}"
+    return [dict(id=f"softcap_ce_{kind}-{name}", module="triton_kernels.softcap_ce.kernels",
+                 kernel=f"_softcap_ce_{kind}_kernel", args=args, num_warps=t["num_warps"], num_stages=3)
+            for kind, args in (("fwd", fwd), ("bwd", bwd))]
+
+
 SPECS = (
     [_weight_spec(torch.float32, torch.bfloat16, rule, 2048, 512) for rule in (0, 1, 2)]
     + [_weight_spec(torch.float32, torch.bfloat16, 2, 512, 2048), _weight_spec(torch.bfloat16, torch.bfloat16, 1, 512, 512),
@@ -106,12 +128,17 @@ SPECS = (
     # record-stack banks in their wide orientation: 512x512, 256x512, 512x2048 (2048x512 transposed)
     + [s for m, n in ((512, 512), (256, 512), (512, 2048)) for s in _ns_specs(torch.bfloat16, 11, m, n)]
     + _ns_specs(torch.float32, 3, 256, 512)
+    + [s for vocab, c in ((8192, 30.0), (1024, 30.0), (8192, 0.0)) for s in _softcap_ce_specs(vocab, c)]
 )
 
 
 @pytest.fixture(scope="module")
-def compiled() -> dict:
-    specs = [{k: v for k, v in s.items() if k not in ("quantises", "tensor_cores")} for s in SPECS]
+def compiled(request) -> dict:
+    # only the specs of the selected tests, so `-k softcap_ce` does not compile every kernel
+    selected = {item.callspec.params["spec"]["id"] for item in request.session.items
+                if "spec" in getattr(getattr(item, "callspec", None), "params", {})}
+    specs = [{k: v for k, v in s.items() if k not in ("quantises", "tensor_cores")} for s in SPECS
+             if s["id"] in selected]
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     proc = subprocess.run([sys.executable, str(WORKER)], input=json.dumps(specs), capture_output=True, text=True,
                           env=env, timeout=1200)
