@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from triton_kernels._dispatch import interpreter_enabled
-from triton_kernels.softcap_ce import (ce_tiles, softcap_ce_bwd_triton, softcap_ce_fwd_triton, softcap_ce_reference,
-                                       softcap_cross_entropy)
-from triton_kernels.softcap_ce import kernels, ops
+from triton_kernels.softcap_ce import (ce_tiles, kernels, ops, softcap_ce_bwd_triton, softcap_ce_fwd_triton,
+                                       softcap_ce_reference, softcap_cross_entropy)
 
 SOFTCAPS = [30.0, 50.0, None]  # c <= FIXED_MAX_SOFTCAP (fixed shift), above it (running max), none
 
@@ -223,7 +222,9 @@ def test_custom_op_passes_opcheck():
 
 
 def test_triton_path_compiles_fullgraph_and_matches_eager():
-    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
 
     def loss_fn(logits, targets):
         return softcap_cross_entropy(logits, targets, softcap=30.0, impl="triton")
@@ -253,14 +254,17 @@ def test_bad_inputs_raise_clear_errors(monkeypatch):
         softcap_cross_entropy(logits, targets[:3])
     with pytest.raises(ValueError, match="targets must have the shape"):
         softcap_cross_entropy(logits[None], targets)
-    for c in (math.inf, math.nan, -1.0, "30", True):
+    for c in (math.inf, -math.inf, math.nan, -1.0):
         with pytest.raises(ValueError, match="softcap must be a finite number"):
+            softcap_cross_entropy(logits, targets, softcap=c)
+    for c in ("30", True, torch.tensor(30.0)):
+        with pytest.raises(TypeError, match="softcap must be a finite number"):
             softcap_cross_entropy(logits, targets, softcap=c)
     with pytest.raises(ValueError, match="reduction must be one of"):
         softcap_cross_entropy(logits, targets, reduction="avg")
     with pytest.raises(ValueError, match="impl must be one of"):
         softcap_cross_entropy(logits, targets, impl="cuda")
-    with pytest.raises(ValueError, match="ignore_index must be an int"):
+    with pytest.raises(TypeError, match="ignore_index must be an int"):
         softcap_cross_entropy(logits, targets, ignore_index=-100.0)
     with pytest.raises(ValueError, match="V >= 1"):
         softcap_cross_entropy(torch.zeros(4, 0), targets)

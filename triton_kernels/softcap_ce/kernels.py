@@ -41,7 +41,7 @@ def _softcap_ce_fwd_kernel(l_ptr, y_ptr, loss_ptr, lse_ptr, V, stride_l, softcap
     if FIXED_MAX:
         # w <= 0 and exp(w) >= exp(-2c) is a normal float32 for c <= 40: sum exp(w) with no running max
         b_acc = tl.zeros([BLOCK_V], dtype=tl.float32)                             # [BV]
-        for i_v in range(0, tl.cdiv(V, BLOCK_V)):
+        for i_v in range(tl.cdiv(V, BLOCK_V)):
             o_col = i_v * BLOCK_V + o_v
             m_col = o_col < V
             b_w = _shifted(tl.load(p_row + o_col, mask=m_col, other=0.0).to(tl.float32), softcap, SOFTCAP)
@@ -51,7 +51,7 @@ def _softcap_ce_fwd_kernel(l_ptr, y_ptr, loss_ptr, lse_ptr, V, stride_l, softcap
     else:
         b_m = tl.full([], -FLT_MAX, tl.float32)                                  # running max of w
         b_s = tl.zeros([], dtype=tl.float32)                                      # running sum of exp(w - b_m)
-        for i_v in range(0, tl.cdiv(V, BLOCK_V)):
+        for i_v in range(tl.cdiv(V, BLOCK_V)):
             o_col = i_v * BLOCK_V + o_v
             m_col = o_col < V
             b_w = _shifted(tl.load(p_row + o_col, mask=m_col, other=0.0).to(tl.float32), softcap, SOFTCAP)
@@ -87,7 +87,7 @@ def _softcap_ce_bwd_kernel(l_ptr, y_ptr, lse_ptr, dloss_ptr, dlse_ptr, dl_ptr, V
     b_lse_w = tl.load(lse_ptr + i_n)
     if SOFTCAP:
         b_lse_w -= softcap
-    for i_v in range(0, tl.cdiv(V, BLOCK_V)):
+    for i_v in range(tl.cdiv(V, BLOCK_V)):
         o_col = i_v * BLOCK_V + o_v
         m_col = o_col < V
         b_l = tl.load(p_row + o_col, mask=m_col, other=0.0).to(tl.float32)      # [BV]

@@ -15,12 +15,12 @@ LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def softcap_value(softcap: float | None) -> float:
     """``softcap`` as a float, with ``0.0`` meaning "no softcap" (``None`` or ``0``).
 
-    Raises ValueError unless it is None or a finite number ``>= 0``.
+    Raises TypeError unless it is None or a real number, ValueError if it is not finite or negative.
     """
     if softcap is None:
         return 0.0
     if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
-        raise ValueError(f"softcap must be a finite number >= 0 or None, got {softcap!r}")
+        raise TypeError(f"softcap must be a finite number >= 0 or None, got {softcap!r}")
     c = float(softcap)
     if not math.isfinite(c) or c < 0:
         raise ValueError(f"softcap must be a finite number >= 0 or None, got {softcap!r}")
@@ -42,7 +42,7 @@ def check_inputs(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int)
     if targets.device != logits.device:
         raise ValueError(f"targets is on {targets.device} but logits is on {logits.device}")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
 
 
 def check_target_range(targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
