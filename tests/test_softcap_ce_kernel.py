@@ -276,6 +276,9 @@ def test_bad_inputs_raise_clear_errors(monkeypatch):
         softcap_cross_entropy(logits, targets.to("meta"), check_targets=False)
     with pytest.raises(ValueError, match="rows must be contiguous"):
         softcap_ce_fwd_triton(torch.randn(10, 4).T, targets, softcap=30.0, ignore_index=-100)
+    for c in (math.inf, math.nan, -30.0):
+        with pytest.raises(ValueError, match="softcap must be finite and >= 0"):
+            softcap_ce_fwd_triton(logits, targets, softcap=c, ignore_index=-100)
     with pytest.raises(ValueError, match="block_v must be a power of two"):
         softcap_ce_fwd_triton(logits, targets, softcap=30.0, ignore_index=-100, block_v=48)
     lse = torch.zeros(4)

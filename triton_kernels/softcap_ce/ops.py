@@ -6,6 +6,8 @@ public function calls, so the Triton path traces under ``torch.compile(fullgraph
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .reference import LOGIT_DTYPES
@@ -53,8 +55,8 @@ def _check_rows(logits: torch.Tensor, targets: torch.Tensor, softcap: float) -> 
                          f"got {targets.dtype} {tuple(targets.shape)}")
     if targets.device != logits.device:
         raise ValueError(f"targets is on {targets.device} but logits is on {logits.device}")
-    if not softcap >= 0.0:
-        raise ValueError(f"softcap must be >= 0 (0: none), got {softcap}")
+    if not (math.isfinite(softcap) and softcap >= 0.0):
+        raise ValueError(f"softcap must be finite and >= 0 (0: none), got {softcap}")
 
 
 def _check_row_vector(t: torch.Tensor, name: str, logits: torch.Tensor) -> None:
