@@ -18,6 +18,8 @@ import torch
 from triton_kernels.fake_quant import dw_tile_config, weight_block
 from triton_kernels.neural_cache import cache_tiles
 from triton_kernels.newton_schulz import ns_tiles
+from triton_kernels.softcap_ce import ce_tiles
+from triton_kernels.softcap_ce.ops import FIXED_MAX_SOFTCAP
 
 triton = pytest.importorskip("triton")
 NVIDIA_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -110,6 +112,24 @@ def _cache_spec(dtype, similarity, seq, queries=2048, keys=1 << 20, dim=512, sm_
     return dict(id=f"cache_lookup-{TYPES[dtype]}-{similarity}-seq{int(seq)}-{queries}x{keys}x{dim}",
                 module="triton_kernels.neural_cache.kernels", kernel="_cache_lookup_fwd_kernel", args=args,
                 num_warps=t["num_warps"], num_stages=t["num_stages"], tensor_cores=dtype != torch.float32)
+CE_ROWS = 98_304  # rows (tokens) of one record-stack step per GPU: only the launch grid, no kernel argument
+
+
+def _softcap_ce_specs(vocab, softcap, dtype=torch.bfloat16):
+    """The forward and backward launches on logits ``[CE_ROWS, vocab]`` (softcap 0: none)."""
+    t = ce_tiles(vocab, on_gpu=True)
+    common = [("V", ["int", vocab]), ("stride_l", ["int", vocab])]
+    tail = [("softcap", ["float", softcap]), ("ignore_index", ["int", -100]), ("SOFTCAP", ["const", softcap > 0])]
+    fwd = ([("l_ptr", _ptr(dtype)), ("y_ptr", ["ptr", "i64"]), ("loss_ptr", ["ptr", "fp32"]),
+            ("lse_ptr", ["ptr", "fp32"])] + common + tail
+           + [("FIXED_MAX", ["const", 0 < softcap <= FIXED_MAX_SOFTCAP]), ("BLOCK_V", ["const", t["BLOCK_V"]])])
+    bwd = ([("l_ptr", _ptr(dtype)), ("y_ptr", ["ptr", "i64"]), ("lse_ptr", ["ptr", "fp32"]),
+            ("dloss_ptr", ["ptr", "fp32"]), ("dlse_ptr", ["ptr", "fp32"]), ("dl_ptr", _ptr(dtype))]
+           + common + [("stride_dl", ["int", vocab])] + tail + [("BLOCK_V", ["const", t["BLOCK_V"]])])
+    name = f"{TYPES[dtype]}-{CE_ROWS}x{vocab}-softcap{softcap:g}"
+    return [dict(id=f"softcap_ce_{kind}-{name}", module="triton_kernels.softcap_ce.kernels",
+                 kernel=f"_softcap_ce_{kind}_kernel", args=args, num_warps=t["num_warps"], num_stages=3)
+            for kind, args in (("fwd", fwd), ("bwd", bwd))]
 
 
 SPECS = (
@@ -125,12 +145,17 @@ SPECS = (
     + _ns_specs(torch.float32, 3, 256, 512)
     + [_cache_spec(torch.bfloat16, sim, seq) for sim, seq in (("dot", False), ("dot", True), ("cosine", True))]
     + [_cache_spec(torch.float16, "cosine", False, keys=2048), _cache_spec(torch.float32, "dot", True, queries=7)]
+    + [s for vocab, c in ((8192, 30.0), (1024, 30.0), (8192, 0.0)) for s in _softcap_ce_specs(vocab, c)]
 )
 
 
 @pytest.fixture(scope="module")
-def compiled() -> dict:
-    specs = [{k: v for k, v in s.items() if k not in ("quantises", "tensor_cores")} for s in SPECS]
+def compiled(request) -> dict:
+    # only the specs of the selected tests, so `-k softcap_ce` does not compile every kernel
+    selected = {item.callspec.params["spec"]["id"] for item in request.session.items
+                if "spec" in getattr(getattr(item, "callspec", None), "params", {})}
+    specs = [{k: v for k, v in s.items() if k not in ("quantises", "tensor_cores")} for s in SPECS
+             if s["id"] in selected]
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     proc = subprocess.run([sys.executable, str(WORKER)], input=json.dumps(specs), capture_output=True, text=True,
                           env=env, timeout=1200)
