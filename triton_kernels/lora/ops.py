@@ -51,7 +51,7 @@ def grad_tiles(rank: int, dtype: torch.dtype, *, on_gpu: bool) -> dict:
 
 def elementwise_block(*, on_gpu: bool) -> dict:
     """Block of the optimizer and reset kernels (columns per program)."""
-    return dict(BLOCK=1024, num_warps=4) if on_gpu else dict(BLOCK=64, num_warps=4)
+    return dict(BLOCK=1024, num_warps=4) if on_gpu else dict(BLOCK=256, num_warps=4)
 
 
 def expand_split(programs: int, n_tiles: int, device: torch.device) -> int:
