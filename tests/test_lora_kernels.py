@@ -77,6 +77,15 @@ def test_padding_gives_the_gradients_of_each_document_alone(impl, base):
             assert _rel_rms(a, ref) < 1e-5, (b, name)
 
 
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_lengths_outside_0_to_T_are_clamped(impl):
+    x, A, B, W, dy = _inputs()
+    got = _run(impl, x, A, B, dy, weight=W, lengths=torch.tensor([T + 50, -3, 20], dtype=torch.int32))
+    want = _run(impl, x, A, B, dy, weight=W, lengths=torch.tensor([T, 0, 20]))
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("base", [True, False], ids=["with_W", "delta_only"])
 def test_triton_never_reads_padded_rows(base):
     """NaN in every padded row of x and dY changes no valid row and no adapter gradient (the kernels mask the
