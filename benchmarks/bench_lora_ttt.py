@@ -37,7 +37,12 @@ import torch.nn.functional as F
 
 from benchmarks.harness import Benchmark, Case, Contender
 from triton_kernels._dispatch import triton_unavailable
-from triton_kernels.lora import LoraLayout, lora_adamw_step_, lora_adamw_step_reference_, lora_linear
+from triton_kernels.lora import (
+    LoraLayout,
+    lora_adamw_step_,
+    lora_adamw_step_reference_,
+    lora_linear,
+)
 from triton_kernels.lora.reference import lora_linear_reference
 
 ALPHA, LR, BETA2, EPS, WD, STEP = 144.0, 1e-4, 0.99, 1e-10, 0.5, 3

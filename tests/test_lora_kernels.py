@@ -5,9 +5,14 @@ import math
 import pytest
 import torch
 
-import triton_kernels.lora as lora
-from triton_kernels.lora import LoraLayout, lora_adamw_step_, lora_linear, lora_reset_
-from triton_kernels.lora import ops
+from triton_kernels import lora
+from triton_kernels.lora import (
+    LoraLayout,
+    lora_adamw_step_,
+    lora_linear,
+    lora_reset_,
+    ops,
+)
 from triton_kernels.lora.reference import lora_linear_reference
 
 D, T, IN, OUT = 3, 37, 24, 40  # T spans three 16-row interpreter tiles, the last one partial

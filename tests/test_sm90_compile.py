@@ -103,7 +103,7 @@ LORA_DOCS, LORA_T, LORA_IN = 64, 2048, 512  # the record's TTT batch: 64 documen
 def _lora_specs(rank, n_out, has_base):
     """The three shrink-expand launches (forward, dX + g, h) and the dA/dB launch of one adapter, bf16
     activations with fp32 adapters (contiguous (D, r, in) / (D, out, r)), int32 lengths."""
-    D, T, K, R, N = LORA_DOCS, LORA_T, LORA_IN, rank, n_out
+    T, K, R, N = LORA_T, LORA_IN, rank, n_out
     se = shrink_expand_tiles(R, torch.bfloat16, on_gpu=True)
     bf, f32, i32 = _ptr(torch.bfloat16), _ptr(torch.float32), ["ptr", "i32"]
 

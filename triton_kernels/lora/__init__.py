@@ -46,12 +46,29 @@ import torch
 
 from .._dispatch import resolve_impl
 from .layout import LoraLayout
-from .ops import (check_lora_inputs, check_optimizer_state, check_reset_args, lora_adamw_step_triton_, lora_linear_op,
-                  lora_reset_triton_)
-from .reference import lora_adamw_step_reference_, lora_linear_reference, lora_reset_reference_
+from .ops import (
+    check_lora_inputs,
+    check_optimizer_state,
+    check_reset_args,
+    lora_adamw_step_triton_,
+    lora_linear_op,
+    lora_reset_triton_,
+)
+from .reference import (
+    lora_adamw_step_reference_,
+    lora_linear_reference,
+    lora_reset_reference_,
+)
 
-__all__ = ["LoraLayout", "lora_linear", "lora_adamw_step_", "lora_reset_", "lora_linear_reference",
-           "lora_adamw_step_reference_", "lora_reset_reference_"]
+__all__ = [
+    "LoraLayout",
+    "lora_adamw_step_",
+    "lora_adamw_step_reference_",
+    "lora_linear",
+    "lora_linear_reference",
+    "lora_reset_",
+    "lora_reset_reference_",
+]
 
 
 def lora_linear(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, *, weight: torch.Tensor | None = None,

@@ -80,7 +80,7 @@ def check_lora_inputs(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, weight:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
     if x.dim() != 3:
         raise ValueError(f"x must be (D, T, in), got shape {tuple(x.shape)}")
-    D, T, n_in = x.shape
+    D, _, n_in = x.shape
     if A.dim() != 3 or A.shape[0] != D or A.shape[2] != n_in:
         raise ValueError(f"A must be (D, r, in) = ({D}, r, {n_in}), got shape {tuple(A.shape)}")
     r = A.shape[1]
