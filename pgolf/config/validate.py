@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from pgolf.codec import COMPRESSORS
+from pgolf.config.features import check_model_features, check_recipe
 from pgolf.config.sections import ConfigError
 from triton_kernels._dispatch import IMPLS
 from triton_kernels.fake_quant import RULES, SURROGATES
@@ -57,8 +58,9 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
         raise ConfigError(f"train.seq_len={t.seq_len} must divide train.micro_batch_tokens={t.micro_batch_tokens}")
     if t.val_batch_size < t.seq_len:
         raise ConfigError(f"train.val_batch_size={t.val_batch_size} must hold one sequence of {t.seq_len}")
-    if tokenizer_vocab is not None and m.vocab_size < tokenizer_vocab:
-        raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's vocab ({tokenizer_vocab})")
+    if tokenizer_vocab is not None and m.vocab_size != tokenizer_vocab:
+        raise ConfigError(f"model.vocab_size={m.vocab_size} does not match the tokenizer's vocab ({tokenizer_vocab}); "
+                          f"set model.vocab_size={tokenizer_vocab} or use the matching data.tokenizer")
     if not 2 <= q.bits <= 8:
         raise ConfigError(f"quant.bits must be in 2..8, got {q.bits}")
     for key, value, allowed in (("quant.scale_rule", q.scale_rule, RULES), ("quant.codec", q.codec, COMPRESSORS),
@@ -69,6 +71,8 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
     if q.qat_start_frac >= 1.0:
         raise ConfigError(f"quant.qat_start_frac must be < 1 (negative disables QAT), got {q.qat_start_frac}")
     parse_policy(q.policy)
+    check_model_features(m)
+    check_recipe(o, t)
     check_ns_schedule(o.ns_schedule, o.muon_backend_steps)
 
 
