@@ -26,6 +26,7 @@ from pgolf.eval.flat import evaluate, unigram_bpb
 from pgolf.eval.scoring import Score
 from pgolf.model.gpt import GPT
 from pgolf.optim.optimizers import Optimizers
+from pgolf.optim.schedule import training_fraction
 from pgolf.quant.qat import enable_qat, qat_state_at, set_qat_state
 from pgolf.train.checkpoint import load_checkpoint, save_checkpoint
 from pgolf.train.loop import LoopHooks, LoopResult, Trainer, TrainingError
@@ -112,6 +113,34 @@ def _qat_hook(cfg: RunConfig, model: GPT):
     return before_step
 
 
+def _loop_hook(cfg: RunConfig, model: GPT):
+    """Depth recurrence off until the training fraction reaches ``model.loop_enable_frac``, then on
+    for good (a buffer write, so a compiled model follows it); None without looped layers."""
+    m, t = cfg.model, cfg.train
+    if not m.num_loops:
+        return None
+
+    def before_step(step: int, elapsed_s: float) -> None:
+        frac = training_fraction(step, elapsed_s, iterations=t.iterations, max_wallclock_seconds=t.max_wallclock_seconds)
+        if frac >= m.loop_enable_frac and not bool(model.looping):
+            model.set_looping(True)
+        elif frac < m.loop_enable_frac and bool(model.looping):
+            model.set_looping(False)  # before the switch; also after a warm-up or a resume
+
+    return before_step
+
+
+def _chain(*hooks):
+    """One ``before_step`` calling each of ``hooks`` that is not None."""
+    live = [h for h in hooks if h is not None]
+
+    def before_step(step: int, elapsed_s: float) -> None:
+        for hook in live:
+            hook(step, elapsed_s)
+
+    return before_step
+
+
 def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, echo: bool) -> dict[str, Any]:
     t_cfg, run_dir = cfg.train, Path(cfg.train.run_dir)
     log = RunLog(run_dir, enabled=env.master, echo=echo)
@@ -154,8 +183,7 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
 
     hooks = LoopHooks(validate=lambda step, ms, full: val.validate(model, step, ms, full), checkpoint=checkpoint,
                       checkpoint_path=ckpt_path)
-    if qat_on:
-        hooks.before_step = _qat_hook(cfg, model)
+    hooks.before_step = _chain(_qat_hook(cfg, model) if qat_on else None, _loop_hook(cfg, model))
     trainer = Trainer(model, forward, opts, loader, t_cfg, env=env, device=device, grad_accum=grad_accum, log=log,
                       hooks=hooks)
     if t_cfg.compile and t_cfg.warmup_steps > 0 and not resume:
@@ -166,6 +194,11 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
         trainer.restore(load_checkpoint(ckpt_path))
         log.line(f"resumed from {ckpt_path} at step {trainer.step} (train_time:{trainer.train_ms:.0f}ms)")
     result = trainer.run()
+    if cfg.model.num_loops:
+        model.set_looping(True)  # evaluation and export run the looped model
+    if opts.ema is not None:
+        opts.ema.copy_to_model()
+        log.line(f"ema: the averaged weights (decay {opts.ema.decay}) replace the live ones for scoring and export")
     pre = val.validate(model, result.step, result.train_ms, True)
     return _export_and_score(cfg, env, device, model, log, val, pre, result)
 
