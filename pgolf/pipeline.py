@@ -27,6 +27,7 @@ from pgolf.eval.flat import evaluate, unigram_bpb
 from pgolf.eval.scoring import Score
 from pgolf.model.gpt import GPT
 from pgolf.optim.optimizers import Optimizers
+from pgolf.optim.schedule import training_fraction
 from pgolf.quant.calibrate import calibration_batches, collect_hessians, gptq_seconds
 from pgolf.quant.qat import enable_qat, qat_state_at, set_qat_state
 from pgolf.train.checkpoint import load_checkpoint, save_checkpoint
@@ -100,9 +101,9 @@ class _ValData:
         return score
 
 
-def _qat_hook(cfg: RunConfig, model: GPT):
-    """The per-step QAT switch and temperature (by steps, or by time under a cap); None without QAT."""
-    t = cfg.train
+def _qat_hook(cfg: RunConfig, t: TrainConfig, model: GPT):
+    """The per-step QAT switch and temperature (by steps, or by time under the cap left for training
+    in ``t``); None without QAT."""
 
     def before_step(step: int, elapsed_s: float) -> None:
         frac = step / t.iterations
@@ -110,6 +111,35 @@ def _qat_hook(cfg: RunConfig, model: GPT):
             frac = max(frac, elapsed_s / t.max_wallclock_seconds)
         active, temperature = qat_state_at(cfg.quant, frac)
         set_qat_state(model, active=active, temperature=temperature)
+
+    return before_step
+
+
+def _loop_hook(cfg: RunConfig, t: TrainConfig, model: GPT):
+    """Depth recurrence off until the training fraction (of ``t``: the cap left for training) reaches
+    ``model.loop_enable_frac``, then on for good (a buffer write, so a compiled model follows it); None
+    without looped layers."""
+    m = cfg.model
+    if not m.num_loops:
+        return None
+
+    def before_step(step: int, elapsed_s: float) -> None:
+        frac = training_fraction(step, elapsed_s, iterations=t.iterations, max_wallclock_seconds=t.max_wallclock_seconds)
+        if frac >= m.loop_enable_frac and not bool(model.looping):
+            model.set_looping(True)
+        elif frac < m.loop_enable_frac and bool(model.looping):
+            model.set_looping(False)  # before the switch; also after a warm-up or a resume
+
+    return before_step
+
+
+def _chain(*hooks):
+    """One ``before_step`` calling each of ``hooks`` that is not None."""
+    live = [h for h in hooks if h is not None]
+
+    def before_step(step: int, elapsed_s: float) -> None:
+        for hook in live:
+            hook(step, elapsed_s)
 
     return before_step
 
@@ -157,8 +187,7 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
 
     hooks = LoopHooks(validate=lambda step, ms, full: val.validate(model, step, ms, full), checkpoint=checkpoint,
                       checkpoint_path=ckpt_path)
-    if qat_on:
-        hooks.before_step = _qat_hook(cfg, model)
+    hooks.before_step = _chain(_qat_hook(cfg, t_cfg, model) if qat_on else None, _loop_hook(cfg, t_cfg, model))
     trainer = Trainer(model, forward, opts, loader, t_cfg, env=env, device=device, grad_accum=grad_accum, log=log,
                       hooks=hooks)
     if t_cfg.compile and t_cfg.warmup_steps > 0 and not resume:
@@ -169,6 +198,11 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
         trainer.restore(load_checkpoint(ckpt_path))
         log.line(f"resumed from {ckpt_path} at step {trainer.step} (train_time:{trainer.train_ms:.0f}ms)")
     result = trainer.run()
+    if cfg.model.num_loops:
+        model.set_looping(True)  # evaluation and export run the looped model
+    if opts.ema is not None:
+        opts.ema.copy_to_model()
+        log.line(f"ema: the averaged weights (decay {opts.ema.decay}) replace the live ones for scoring and export")
     pre = val.validate(model, result.step, result.train_ms, True)
     return _export_and_score(cfg, env, device, model, log, val, pre, result, loader)
 

@@ -65,10 +65,12 @@ def test_invalid_values_are_rejected_with_the_key_named(sets, message):
         load_config("baseline", sets=sets)
 
 
-def test_vocab_smaller_than_tokenizer_is_rejected():
+@pytest.mark.parametrize("tokenizer_vocab", [8192, 512])
+def test_vocab_that_does_not_match_the_tokenizer_is_rejected(tokenizer_vocab):
     cfg = load_config("baseline")
-    with pytest.raises(ConfigError, match="smaller than the tokenizer"):
-        cfg.validate(tokenizer_vocab=8192)
+    with pytest.raises(ConfigError, match="model.vocab_size=1024 does not match the tokenizer"):
+        cfg.validate(tokenizer_vocab=tokenizer_vocab)
+    cfg.validate(tokenizer_vocab=1024)
 
 
 def test_unknown_preset_and_bad_file(tmp_path):

@@ -305,3 +305,20 @@ def test_cli_takes_the_official_environment_names(monkeypatch, capsys):
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["model"]["num_layers"] == 3 and resolved["train"]["iterations"] == 77
     assert resolved["data"]["val_glob"] == "shards/sp1024/fineweb_val_*.bin"
+
+
+@pytest.mark.slow
+def test_record_tiny_trains_and_its_loss_goes_down(tiny_data, tmp_path):
+    """The record-tiny preset (every record feature, EMA, time schedule, loop switch) runs the
+    whole job on CPU; its training loss falls and the looped, averaged model is what is scored."""
+    sets = [s for s in tiny_sets(tiny_data, tmp_path, **{"train.iterations": 12, "train.val_loss_every": 0,
+                                                         "train.checkpoint_every": 0})
+            if not s.startswith("model.")]
+    cfg = load_config("record-tiny", sets=sets + ["train.train_batch_tokens=1024", "train.micro_batch_tokens=1024",
+                                                  "train.seq_len=128", "model.model_dim=48"])
+    result = run_training(cfg, echo=False)
+    losses = train_losses(tmp_path)
+    assert len(losses) == 12 and min(losses[-3:]) < losses[0] - 0.5
+    log = (tmp_path / "train.log").read_text()
+    assert "ema: the averaged weights" in log
+    assert result["val_bpb"] < result["unigram_bpb"] + 1.0

@@ -23,6 +23,25 @@ class ModelConfig:
     logit_softcap: float = 30.0
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
+    # The record stack's features (RECORD_STACK.md section B); every default is the baseline.
+    mlp_activation: str = "relu2"  # relu2 | leaky_relu2 (LeakyReLU(0.5)^2, B.3)
+    rope_dims: int = 0  # dims 0..rope_dims-1 of each head rotate (half-split); 0 = the whole head (B.2.3)
+    ln_scale: bool = False  # both block norms times 1/sqrt(l+1), l the physical layer (B.4)
+    xsa_last_n: int = 0  # XSA (remove each head's own-value component) on the last N layers (B.2.6)
+    gate_window: int = 12  # leading embedding dims the SmearGate and the attention gate read
+    smear_gate: bool = False  # input-dependent SmearGate with the BOS mask (B.1)
+    attn_gate: bool = False  # sparse per-head attention output gate (B.2.7)
+    attn_gate_scale: float = 1.0  # s in sigmoid(s * W_g n[0:gate_window]); the record uses 0.5
+    skip_gates: bool = False  # U-Net skips as a sigmoid-gated lerp (B.6)
+    num_loops: int = 0  # depth recurrence: layers loop_start..loop_end run 1 + num_loops times (B.5)
+    loop_start: int = 0
+    loop_end: int = 0
+    loop_enable_frac: float = 0.0  # training fraction at which the loop switches on (one-way)
+    parallel_start_layer: int = 0  # decoder layers with physical index >= this run two lanes; 0 = off (B.7)
+    init: str = "baseline"  # baseline | record (orthogonal W_Q, W_K, W_V, W_up; B.9)
+    doc_attention: bool = False  # attention never crosses a BOS (B.13)
+    max_segment: int = 0  # with doc_attention: segments of at most this many tokens per document; 0 = none
+    bos_id: int = 1
 
 
 @dataclass
@@ -62,7 +81,20 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8
+    # Per-group Adam betas as "beta1,beta2" ("" = beta1, beta2 above) and decoupled (AdamW) weight
+    # decay, lr-scaled like Muon's; the record: betas 0.9,0.99, embed_wd 0.085, scalar_wd 0.02.
+    embed_betas: str = ""
+    head_betas: str = ""
+    scalar_betas: str = ""
+    embed_wd: float = 0.0
+    head_wd: float = 0.0
+    scalar_wd: float = 0.0
+    # Global L2 norm clip (0 = off). grad_clip_local: clip each rank's local gradient before the
+    # cross-rank average (the record); otherwise the averaged gradient is clipped.
     grad_clip_norm: float = 0.0
+    grad_clip_local: bool = False
+    # EMA of the weights after every optimiser step (fp32), exported and evaluated; 0 = off.
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -79,6 +111,11 @@ class TrainConfig:
     # Steps run (and then undone) to warm up torch.compile; they never see validation tokens.
     warmup_steps: int = 20
     warmdown_iters: int = 1200
+    # Time-based schedule (the record): with warmdown_frac > 0 the lr multiplier is 1 until the
+    # training fraction reaches 1 - warmdown_frac, then (1 - frac) / warmdown_frac, never below
+    # min_lr; frac = elapsed / max_wallclock_seconds (step / iterations without a cap).
+    warmdown_frac: float = 0.0
+    min_lr: float = 0.0
     max_wallclock_seconds: float = 600.0
     val_loss_every: int = 1000
     val_batch_size: int = 524_288

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from pgolf.codec import COMPRESSORS
+from pgolf.config.features import check_model_features, check_recipe
 from pgolf.config.sections import ConfigError
 from triton_kernels._dispatch import IMPLS
 from triton_kernels.fake_quant import RULES, SURROGATES
@@ -59,8 +60,9 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
         raise ConfigError(f"train.seq_len={t.seq_len} must divide train.micro_batch_tokens={t.micro_batch_tokens}")
     if t.val_batch_size < t.seq_len:
         raise ConfigError(f"train.val_batch_size={t.val_batch_size} must hold one sequence of {t.seq_len}")
-    if tokenizer_vocab is not None and m.vocab_size < tokenizer_vocab:
-        raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's vocab ({tokenizer_vocab})")
+    if tokenizer_vocab is not None and m.vocab_size != tokenizer_vocab:
+        raise ConfigError(f"model.vocab_size={m.vocab_size} does not match the tokenizer's vocab ({tokenizer_vocab}); "
+                          f"set model.vocab_size={tokenizer_vocab} or use the matching data.tokenizer")
     if not 2 <= q.bits <= 8:
         raise ConfigError(f"quant.bits must be in 2..8, got {q.bits}")
     for key, value, allowed in (("quant.scale_rule", q.scale_rule, RULES), ("quant.codec", q.codec, COMPRESSORS),
@@ -82,6 +84,8 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
         raise ConfigError(f"quant.gptq_damp must be a positive number, got {q.gptq_damp}")
     if q.lqer_top_k < 0:
         raise ConfigError(f"quant.lqer_top_k must be >= 0, got {q.lqer_top_k}")
+    check_model_features(m)
+    check_recipe(o, t)
     check_ns_schedule(o.ns_schedule, o.muon_backend_steps)
 
 

@@ -1,8 +1,11 @@
-"""Learning-rate and momentum schedules of the official script.
+"""Learning-rate and momentum schedules of the official script and of the record.
 
 Every group's lr is ``base_lr * lr_multiplier(...)``: 1 until the warmdown, then linear to 0 over
 the last ``warmdown_iters`` steps -- or, with a wallclock cap, over the last
-``warmdown_iters * (mean step time)`` seconds before the cap (the official rule).
+``warmdown_iters * (mean step time)`` seconds before the cap (the official rule). With
+``warmdown_frac > 0`` (the record, RECORD_STACK B.11) it follows the training fraction instead:
+``s = 1`` for ``frac < 1 - warmdown_frac``, else ``(1 - frac) / warmdown_frac``. Either way the
+multiplier never goes below ``min_lr``.
 """
 from __future__ import annotations
 
@@ -10,10 +13,27 @@ from pgolf.config import OptimConfig
 
 
 def lr_multiplier(step: int, elapsed_s: float, *, iterations: int, warmdown_iters: int,
-                  max_wallclock_seconds: float) -> float:
-    """Learning-rate multiplier at ``step`` after ``elapsed_s`` seconds of training.
+                  max_wallclock_seconds: float, warmdown_frac: float = 0.0, min_lr: float = 0.0) -> float:
+    """Learning-rate multiplier at ``step`` after ``elapsed_s`` seconds of training (module docstring)."""
+    if warmdown_frac > 0:
+        frac = training_fraction(step, elapsed_s, iterations=iterations, max_wallclock_seconds=max_wallclock_seconds)
+        mul = 1.0 if frac < 1.0 - warmdown_frac else (1.0 - frac) / warmdown_frac
+    else:
+        mul = _official_multiplier(step, elapsed_s, iterations=iterations, warmdown_iters=warmdown_iters,
+                                   max_wallclock_seconds=max_wallclock_seconds)
+    return max(mul, min_lr)
 
-    Without a cap: ``(iterations - step) / warmdown_iters`` inside the last ``warmdown_iters``
+
+def training_fraction(step: int, elapsed_s: float, *, iterations: int, max_wallclock_seconds: float) -> float:
+    """How far training is: ``elapsed_s / max_wallclock_seconds`` under a cap, else ``step / iterations``."""
+    if max_wallclock_seconds > 0:
+        return elapsed_s / max_wallclock_seconds
+    return step / iterations
+
+
+def _official_multiplier(step: int, elapsed_s: float, *, iterations: int, warmdown_iters: int,
+                         max_wallclock_seconds: float) -> float:
+    """The official multiplier. Without a cap: ``(iterations - step) / warmdown_iters`` inside the last ``warmdown_iters``
     steps. With a cap ``C``: with ``w = warmdown_iters * elapsed_s / step`` the projected warmdown
     duration, the multiplier is ``max(C - elapsed_s, 0) / w`` once that is below 1.
     """

@@ -92,7 +92,8 @@ class Trainer:
             x, y = self.loader.next_batch(step, global_tokens=t.train_batch_tokens, seq_len=t.seq_len,
                                           grad_accum_steps=self.grad_accum, micro_step=micro)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            no_sync = env.distributed and micro < self.grad_accum - 1
+            # Local gradient clipping averages in the optimiser step: DDP must not all-reduce then.
+            no_sync = env.distributed and (micro < self.grad_accum - 1 or self.opts.averages_gradients)
             with (self.forward.no_sync() if no_sync else nullcontext()), autocast_for(self.device):
                 loss = self.forward(x, y)
             (loss / self.grad_accum).backward()
