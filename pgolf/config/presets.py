@@ -63,7 +63,11 @@ def _record() -> dict[str, Any]:
         "train": {"iterations": 20000, "train_batch_tokens": 786_432, "seq_len": 2048, "micro_batch_tokens": 98_304,
                   "warmup_steps": 20, "warmdown_frac": 0.85, "min_lr": 0.1, "max_wallclock_seconds": 600.0,
                   "val_loss_every": 0, "train_log_every": 500, "compile": True, "run_dir": "runs/record"},
-        "quant": {"bits": 6, "policy": "tok_emb=7", "scale_rule": "sigma", "clip_sigma": 12.85},
+        # RECORD_STACK.md C.3-C.4: GPTQ with SDClip (k per tensor kind), int6 matrices, int7 embedding,
+        # 16 calibration batches (inside the cap here), rank-4 LQER on the 3 largest errors.
+        "quant": {"bits": 6, "policy": "tok_emb=7", "scale_rule": "sigma", "clip_sigma": 12.85,
+                  "sigma_policy": "tok_emb=14.0,mlp=11.5,attn=13.0", "method": "gptq", "gptq_batches": 16,
+                  "lqer_top_k": 3, "lqer_rank": 4},
     }
 
 
