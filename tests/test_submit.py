@@ -304,3 +304,27 @@ def test_bad_input_is_refused_and_leaves_nothing_behind(run, data, tmp_path, cap
     assert leftovers() == ["rec"]
     readme = (out / "README.md").read_text()
     assert f"{json.loads((out / 'submission.json').read_text())['bytes_code']:,}" in readme
+
+
+def test_minified_triton_kernels_still_compile_from_the_importers_sources(tmp_path):
+    """Triton compiles a kernel from its source (inspect.getsource): served from memory and
+    minified, Newton-Schulz still equals the torch reference (under TRITON_INTERPRET=1 here)."""
+    names = ["triton_kernels", "triton_kernels._dispatch", "triton_kernels.newton_schulz",
+             "triton_kernels._newton_schulz_kernels"]
+    sources = {n.replace("triton_kernels", "tk_min"): (n == "triton_kernels", minify(
+        (REPO / "triton_kernels" / "__init__.py" if n == "triton_kernels" else
+         REPO.joinpath(*n.split(".")).with_suffix(".py")).read_text())) for n in names}
+    importer = SourceImporter(sources, ("tk_min",), str(tmp_path / "train_gpt.py"))
+    sys.meta_path.insert(0, importer)
+    try:
+        from tk_min.newton_schulz import newton_schulz
+
+        x = torch.randn(2, 16, 24, generator=torch.Generator().manual_seed(0))
+        got = newton_schulz(x, steps=2, impl="triton")
+        want = newton_schulz(x, steps=2, impl="torch")
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    finally:
+        sys.meta_path.remove(importer)
+        for name in list(sys.modules):
+            if name.split(".")[0] == "tk_min":
+                del sys.modules[name]

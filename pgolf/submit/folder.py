@@ -17,7 +17,7 @@ from typing import Any
 
 from pgolf.artifact.export import SIZE_CAP_BYTES
 from pgolf.config import ConfigError, RunConfig
-from pgolf.submit.script import BundleError, plan_bundle, render
+from pgolf.submit.script import Bundle, BundleError, plan_bundle, render
 from pgolf.submit.wrapper import minify, wrap
 
 RUN_FILES = ("config.json", "train.log", "model.pgolf", "submission.json")
@@ -75,6 +75,22 @@ def _baked_config(cfg: RunConfig, data_path: str | None, tokenizer: str | None) 
     return cfg
 
 
+def make_script(cfg: RunConfig, *, wrapper: bool) -> tuple[str, str]:
+    """``(shipped, readable)`` texts of ``train_gpt.py`` for ``cfg``: the readable bundle, and what is
+    shipped and counted (the bundle itself, or with ``wrapper`` its compressed wrapper);
+    :class:`SubmitError` when the configuration cannot be bundled."""
+    try:
+        bundle = plan_bundle(cfg)
+    except BundleError as e:
+        raise SubmitError(str(e)) from None
+    config, title = cfg.to_dict(), f"{cfg.name}: a Parameter Golf submission"
+    readable = render(bundle, config, title=title)
+    if not wrapper:
+        return readable, readable
+    small = Bundle({name: (pkg, minify(src)) for name, (pkg, src) in bundle.sources.items()}, bundle.left_out)
+    return wrap(minify(render(small, config, title=title))), readable
+
+
 def _readme(cfg: RunConfig, report: dict[str, Any], sub: Submission, *, wrapper: bool, command: str) -> str:
     m, t, q = cfg.model, cfg.train, cfg.quant
     counting = ("the two-line compressed wrapper (python-minifier, LZMA, base85) that is shipped as train_gpt.py; "
@@ -127,18 +143,7 @@ def build_submission(run_dir: str | os.PathLike, out: str | os.PathLike, *, wrap
         raise SubmitError(f"output folder {out} already exists; pass --overwrite to replace it")
     cfg, report = _read_run(run_dir)
     cfg = _baked_config(cfg, data_path, tokenizer)
-    try:
-        bundle = plan_bundle(cfg)
-    except BundleError as e:
-        raise SubmitError(str(e)) from None
-    config = cfg.to_dict()
-    title = f"{cfg.name}: a Parameter Golf submission"
-    readable = render(bundle, config, title=title)
-    if wrapper:
-        small = {name: (pkg, minify(src)) for name, (pkg, src) in bundle.sources.items()}
-        script = wrap(minify(render(type(bundle)(small, bundle.left_out), config, title=title)))
-    else:
-        script = readable
+    script, readable = make_script(cfg, wrapper=wrapper)
     bytes_model = (run_dir / "model.pgolf").stat().st_size
     sub = Submission(out, len(script.encode("utf-8")), bytes_model, len(readable.encode("utf-8")))
     if sub.bytes_total > SIZE_CAP_BYTES:
