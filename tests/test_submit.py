@@ -155,6 +155,7 @@ def test_the_clean_interpreter_reaches_only_the_challenge_requirements(clean_sit
                     "python_minifier": "no", "matplotlib": "no"}
 
 
+@pytest.mark.slow  # trains and scores a tiny model in a fresh interpreter
 def test_wrapped_script_in_a_clean_env_prints_pgolfs_final_lines(run, data, clean_site, tmp_path):
     out = tmp_path / "record"
     sub = build_submission(run, out, wrapper=True)
@@ -172,6 +173,7 @@ def test_wrapped_script_in_a_clean_env_prints_pgolfs_final_lines(run, data, clea
     assert fields["val_bpb"] == json.loads((run / "submission.json").read_text())["val_bpb"]
 
 
+@pytest.mark.slow  # trains and scores a tiny model in a fresh interpreter
 def test_script_opens_nothing_outside_its_folder_and_the_data(run, data, clean_site, tmp_path):
     out = tmp_path / "record"
     build_submission(run, out)
