@@ -7,8 +7,8 @@ version 2 by ``tests/golden/artifact_v2.pgolf``; versions 1 and 2 are still read
     0              8     magic b"PGOLFART"
     8              4     uint32 format version (3)
     12             4     uint32 H, bytes of the header
-    16             H     header: version 3: one method byte (0 raw, 1 zstd-22, 2 lzma) and the
-                         JSON index through it; versions 1-2: the JSON itself. JSON: UTF-8,
+    16             H     header: version 3: one method byte (0 raw, 1 zstd-22 (codecs rans and
+                         zstd only), 2 lzma) and the JSON index through it; versions 1-2: the JSON itself. JSON: UTF-8,
                          sorted keys, no whitespace
     16 + H         P     payloads, back to back (P = header["payload_bytes"])
     16 + H + P     32    SHA-256 of every byte before it
@@ -312,12 +312,15 @@ def _layout_v3(tensors: Mapping[str, QTensor | torch.Tensor], codec: str, out: _
     return {"ctx": ctxs, "joint": joints, "side": side, "tensors": entries}, sizes
 
 
-def _header_blob(header: bytes) -> bytes:
-    """Version 3's header field: a method byte and the JSON index, raw or compressed, the smallest."""
-    import zstandard
-    options = [header, zstandard.ZstdCompressor(level=22).compress(header),
-               lzma.compress(header, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)]
-    method = min(range(len(options)), key=lambda i: len(options[i]))
+def _header_blob(header: bytes, codec: str) -> bytes:
+    """Version 3's header field: a method byte and the JSON index, raw or compressed, the smallest.
+    zstd is a candidate only for the codecs whose payloads need more than the standard library
+    anyway (``rans``, ``zstd``), so a ``zlib`` or ``raw`` artifact reads without ``zstandard``."""
+    options = {0: header, 2: lzma.compress(header, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)}
+    if codec in ("rans", "zstd"):
+        import zstandard
+        options[1] = zstandard.ZstdCompressor(level=22).compress(header)
+    method = min(sorted(options), key=lambda i: len(options[i]))
     return bytes([method]) + options[method]
 
 
@@ -356,7 +359,7 @@ def save_artifact(path: str | os.PathLike, *, config: dict, tensors: Mapping[str
     except (TypeError, ValueError) as e:
         raise ValueError(f"config and meta must be JSON-serialisable: {e}") from None
     if version == 3:
-        header = _header_blob(header)
+        header = _header_blob(header, codec)
     body = b"".join([_PREFIX.pack(MAGIC, version, len(header)), header, *out.chunks])
     data = body + hashlib.sha256(body).digest()
 

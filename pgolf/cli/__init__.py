@@ -1,4 +1,4 @@
-"""The ``pgolf`` command: ``train``, ``eval``, ``data`` and ``config``.
+"""The ``pgolf`` command: ``train``, ``eval``, ``data``, ``config`` and ``submit``.
 
 This is the only place that reads the environment: torchrun's ``RANK``/``WORLD_SIZE``/
 ``LOCAL_RANK`` and the official ``train_gpt.py`` variable names (``ITERATIONS=...``).
@@ -11,6 +11,7 @@ import os
 import sys
 
 from pgolf.cli import data as data_cmd
+from pgolf.cli import submit as submit_cmd
 from pgolf.config import PRESETS, ConfigError, RunConfig, load_config
 
 
@@ -86,7 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``pgolf`` argument parser with its four subcommands."""
+    """The ``pgolf`` argument parser with its five subcommands."""
     parser = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf engine: data, train, eval.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -113,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved configuration as JSON")
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("submit", help="turn a finished run into a records folder whose train_gpt.py runs without pgolf")
+    submit_cmd.add_arguments(p)
+    p.set_defaults(func=submit_cmd.run)
     return parser
 
 

@@ -1,0 +1,332 @@
+"""pgolf submit: the bundle holds what the configuration uses, the generated train_gpt.py runs where
+only the challenge's requirements are importable and prints pgolf's final lines, opens no file
+outside its folder and the data, and bad input leaves nothing behind."""
+import ast
+import importlib.metadata as md
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from packaging.requirements import Requirement
+
+from pgolf.cli import main as cli_main
+from pgolf.config import ConfigError, load_config
+from pgolf.data.shards import write_shard
+from pgolf.pipeline import run_training
+from pgolf.submit import folder
+from pgolf.submit.folder import SubmitError, build_submission
+from pgolf.submit.loader import SourceImporter
+from pgolf.submit.runtime import resolve
+from pgolf.submit.script import BundleError, plan_bundle
+from pgolf.submit.wrapper import minify, wrap
+
+REPO = Path(__file__).resolve().parents[1]
+# The challenge's requirements.txt entries a bundled script imports (the others: hub, datasets, ...).
+CHALLENGE_REQUIREMENTS = ("torch", "numpy", "sentencepiece", "tqdm")
+FINAL_PREFIXES = ("final_zlib_roundtrip_exact ", "quant_gap ", "Serialized model ")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, sp1024_path) -> Path:
+    """Official-format shards of CPython's pydoc topics, tokenized with the official 1024 tokenizer."""
+    from pydoc_data.topics import topics
+
+    import sentencepiece as spm
+
+    out = tmp_path_factory.mktemp("data")
+    sp = spm.SentencePieceProcessor(model_file=str(sp1024_path))
+    docs = list(topics.values())
+
+    def shard(texts):
+        return np.concatenate([[sp.bos_id(), *sp.encode(t)] for t in texts]).astype(np.uint16)
+
+    write_shard(out / "fineweb_train_000000.bin", shard(docs[:12]))
+    write_shard(out / "fineweb_val_000000.bin", shard(docs[60:61]))
+    (out / "tok.model").write_bytes(sp1024_path.read_bytes())
+    return out
+
+
+def tiny_sets(data: Path, run_dir: Path, **extra) -> list[str]:
+    values = {"data.train_glob": f"{data}/fineweb_train_*.bin", "data.val_glob": f"{data}/fineweb_val_*.bin",
+              "data.tokenizer": f"{data}/tok.model", "data.embedded_default": "false", "model.vocab_size": 1024,
+              "model.num_layers": 2, "model.model_dim": 32, "model.num_heads": 2, "model.num_kv_heads": 1,
+              "train.seq_len": 32, "train.train_batch_tokens": 256, "train.micro_batch_tokens": 256,
+              "train.iterations": 4, "train.val_loss_every": 0, "train.val_batch_size": 4096,
+              "train.max_wallclock_seconds": 0, "train.warmdown_iters": 2, "train.train_log_every": 1,
+              "train.run_dir": str(run_dir), "optim.muon_momentum_warmup_steps": 2, "train.kernels": "torch",
+              "quant.codec": "zlib"}
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory) -> Path:
+    """A finished tiny pgolf run (quant.codec=zlib)."""
+    run_dir = tmp_path_factory.mktemp("run")
+    run_training(load_config("demo", sets=tiny_sets(data, run_dir)), echo=False)
+    return run_dir
+
+
+def final_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(FINAL_PREFIXES)]
+
+
+def _distributions(names) -> set[str]:
+    """``names`` and everything they require (no extras, markers evaluated here)."""
+    seen, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        key = name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen.add(key)
+        for req in md.requires(name) or []:
+            r = Requirement(req)
+            if r.marker is None or r.marker.evaluate({"extra": ""}):
+                todo.append(r.name)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def clean_site(tmp_path_factory) -> Path:
+    """A site folder holding only the challenge's requirements a script imports (and what they
+    require): links to those distributions' top-level packages in this interpreter's environment."""
+    site = tmp_path_factory.mktemp("clean_site")
+    for name in _distributions(CHALLENGE_REQUIREMENTS):
+        dist = md.distribution(name)
+        tops = {Path(str(f)).parts[0] for f in dist.files or ()}
+        for top in tops:
+            src = Path(dist.locate_file(top))
+            if top in ("..", "__pycache__", "bin") or top.endswith((".dist-info", ".pth")) or not src.exists():
+                continue
+            (site / top).symlink_to(src)
+    return site
+
+
+def run_isolated(script: Path, site: Path, *, cwd: Path, env: dict[str, str] | None = None,
+                 audit_log: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``script`` as ``__main__`` with ``-I -S`` (no site-packages, no environment, no cwd on the
+    path), only ``site`` added to the stdlib path; ``audit_log`` records every opened file."""
+    launcher = textwrap.dedent(f"""
+        import json, os, runpy, sys
+        sys.path.append({str(site)!r})
+        if {audit_log is not None!r}:
+            fd, seen = os.open({str(audit_log)!r}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), dict(opened=[], sockets=[])
+            seen["path"] = list(sys.path)
+            def hook(event, args):
+                if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+                    seen["opened"].append([os.fsdecode(args[0]), args[2] if isinstance(args[2], int) else 0])
+                elif event.startswith("socket."):
+                    seen["sockets"].append(event)
+            sys.addaudithook(hook)
+            import atexit
+            atexit.register(lambda: os.write(fd, json.dumps(seen).encode()))
+        sys.argv = [{str(script)!r}]
+        runpy.run_path({str(script)!r}, run_name="__main__")
+    """)
+    return subprocess.run([sys.executable, "-I", "-S", "-c", launcher], cwd=cwd, capture_output=True, text=True,
+                          env={"PATH": os.environ.get("PATH", ""), **(env or {})}, timeout=600)
+
+
+def test_the_clean_interpreter_reaches_only_the_challenge_requirements(clean_site, tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(textwrap.dedent("""
+        import importlib
+        for name in ("torch", "numpy", "sentencepiece", "tqdm", "pgolf", "pgolf._codec", "triton_kernels",
+                     "zstandard", "triton", "pytest", "python_minifier", "matplotlib"):
+            try:
+                importlib.import_module(name)
+                print(name, "yes")
+            except ImportError:
+                print(name, "no")
+    """))
+    res = run_isolated(probe, clean_site, cwd=REPO)  # the repository as cwd: pgolf sits right there
+    assert res.returncode == 0, res.stderr
+    seen = dict(line.split() for line in res.stdout.splitlines())
+    assert seen == {"torch": "yes", "numpy": "yes", "sentencepiece": "yes", "tqdm": "yes", "pgolf": "no",
+                    "pgolf._codec": "no", "triton_kernels": "no", "zstandard": "no", "triton": "no", "pytest": "no",
+                    "python_minifier": "no", "matplotlib": "no"}
+
+
+@pytest.mark.slow  # trains and scores a tiny model in a fresh interpreter
+def test_wrapped_script_in_a_clean_env_prints_pgolfs_final_lines(run, data, clean_site, tmp_path):
+    out = tmp_path / "record"
+    sub = build_submission(run, out, wrapper=True)
+    script = out / "train_gpt.py"
+    lines = script.read_text().splitlines()
+    assert len(lines) == 2 and lines[0] == "import lzma,base64" and lines[1].startswith("exec(lzma.decompress(")
+    assert sub.bytes_code == script.stat().st_size < sub.bytes_readable
+    res = run_isolated(script, clean_site, cwd=out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    expected = final_lines((run / "train.log").read_text())
+    assert len(expected) == 3 and final_lines(res.stdout) == expected
+    assert f"Code size: {sub.bytes_code} bytes" in res.stdout
+    fields = json.loads((out / "submission.json").read_text())
+    assert (fields["bytes_code"], fields["bytes_total"]) == (sub.bytes_code, sub.bytes_code + sub.bytes_model)
+    assert fields["val_bpb"] == json.loads((run / "submission.json").read_text())["val_bpb"]
+
+
+@pytest.mark.slow  # trains and scores a tiny model in a fresh interpreter
+def test_script_opens_nothing_outside_its_folder_and_the_data(run, data, clean_site, tmp_path):
+    out = tmp_path / "record"
+    build_submission(run, out)
+    log = tmp_path / "opened.json"
+    res = run_isolated(out / "train_gpt.py", clean_site, cwd=out, env={"ITERATIONS": "2"}, audit_log=log)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "step:2/2 train_loss" in res.stdout  # the official environment names override the baked config
+    seen = json.loads(log.read_text())
+    assert not seen["sockets"]
+    # Reading happens only in the script's folder, the data, and the interpreter's library path
+    # (stdlib + the challenge's requirements); /proc, /sys and /dev are the kernel's. The one file
+    # created elsewhere is torch's probe of the temp dir at import (tempfile.gettempdir: a new,
+    # exclusive file, written and deleted, nothing read).
+    fresh = os.O_CREAT | os.O_EXCL
+    opened = [Path(os.path.realpath(p)) for p, flags in seen["opened"]
+              if not (flags & fresh == fresh and Path(p).parent == Path(tempfile.gettempdir()))]
+    libraries = [Path(os.path.realpath(p)) for p in (*seen["path"], *clean_site.iterdir())]
+    allowed = [out.resolve(), data.resolve(), *libraries, Path("/proc"), Path("/sys"), Path("/dev")]
+    outside = [p for p in opened if not any(p.is_relative_to(a) for a in allowed)]
+    assert not outside
+    assert not [p for p in opened if p.is_relative_to(REPO)]  # no pgolf source
+    assert any(p.is_relative_to(data.resolve()) for p in opened) and any(p.is_relative_to(out.resolve()) for p in opened)
+
+
+def test_readable_script_holds_the_modules_verbatim_and_only_what_the_config_uses(run, tmp_path):
+    out = tmp_path / "record"
+    build_submission(run, out)
+    namespace: dict = {"__name__": "not_main", "__file__": str(out / "train_gpt.py")}
+    exec(compile((out / "train_gpt.py").read_text(), "train_gpt.py", "exec"), namespace)
+    sources = namespace["SOURCES"]
+    for name, (is_package, source) in sources.items():
+        if name != "pgolf.data.build":
+            path = REPO.joinpath(*name.split("."), "__init__.py") if is_package else REPO.joinpath(*name.split(".")).with_suffix(".py")
+            assert source == path.read_text(), name
+    assert "Left out of this submission" in sources["pgolf.data.build"][1]
+    assert {"pgolf.data.corpus", "pgolf.cli", "pgolf.submit.folder", "pgolf.submit.script",
+            "triton_kernels.fake_quant.kernels", "triton_kernels.softcap_ce"}.isdisjoint(sources)
+    assert namespace["CONFIG"]["train"]["iterations"] == 4 and namespace["CONFIG"]["data"]["embedded_default"] is False
+
+
+def test_bundle_follows_lazy_imports_and_the_kernels_setting(data, tmp_path):
+    auto = plan_bundle(load_config("demo", sets=tiny_sets(data, tmp_path, **{"train.kernels": "auto"}))).sources
+    torch_only = plan_bundle(load_config("demo", sets=tiny_sets(data, tmp_path))).sources
+    kernels = {"triton_kernels.fake_quant.kernels", "triton_kernels._newton_schulz_kernels"}
+    assert kernels <= set(auto)  # imported inside functions only, on the Triton path
+    assert kernels.isdisjoint(torch_only) and set(torch_only) < set(auto)
+    assert {"pgolf.submit.runtime", "pgolf.pipeline", "pgolf.model.gpt", "pgolf.optim.muon", "pgolf.quant.rtn",
+            "pgolf.artifact.format", "pgolf.eval.flat"} <= set(torch_only)
+
+
+@pytest.mark.parametrize("codec", ["rans", "zstd"])
+def test_a_codec_the_challenge_cannot_decode_is_refused(data, tmp_path, codec):
+    with pytest.raises(BundleError, match=f"quant.codec='{codec}'.*--set quant.codec=zlib"):
+        plan_bundle(load_config("demo", sets=tiny_sets(data, tmp_path, **{"quant.codec": codec})))
+
+
+def test_the_importer_serves_its_sources_and_refuses_the_rest(tmp_path):
+    importer = SourceImporter({"pkgx": (True, ""), "pkgx.mod": (False, "def f():\n    return 41 + 1\n")},
+                              ("pkgx",), str(tmp_path / "train_gpt.py"))
+    sys.meta_path.insert(0, importer)
+    try:
+        import inspect
+
+        import pkgx.mod
+        assert pkgx.mod.f() == 42 and "return 41 + 1" in inspect.getsource(pkgx.mod.f)
+        with pytest.raises(ModuleNotFoundError, match="pkgx.other is not part of this submission"):
+            import pkgx.other
+    finally:
+        sys.meta_path.remove(importer)
+        for name in ("pkgx", "pkgx.mod"):
+            sys.modules.pop(name, None)
+
+
+def test_runtime_config_takes_the_official_names_and_names_a_missing_tokenizer(data, tmp_path):
+    cfg = load_config("demo", sets=tiny_sets(data, tmp_path)).to_dict()
+    script = tmp_path / "rec" / "train_gpt.py"
+    got = resolve(cfg, script, {"ITERATIONS": "3", "SEED": "7", "DATA_PATH": str(data)})
+    assert (got.train.iterations, got.train.seed, got.data.val_glob) == (3, 7, f"{data}/fineweb_val_*.bin")
+    assert got.train.run_dir == str(script.resolve().parent / "runs" / "demo_seed7")
+    with pytest.raises(ConfigError, match="tokenizer .*nope.model does not exist; set TOKENIZER_PATH"):
+        resolve(cfg, script, {"TOKENIZER_PATH": str(tmp_path / "nope.model")})
+
+
+@pytest.mark.parametrize("codec", ["zlib", "raw"])
+def test_a_portable_artifact_reads_without_zstandard(tmp_path, monkeypatch, codec):
+    from pgolf.artifact.format import load_artifact, save_artifact
+
+    # An index that zstd-22 compresses best: it would be chosen if zstd were a candidate.
+    config = {"note": "ab" * 300 + "".join(chr(97 + i % 26) * (i % 7) for i in range(400))}
+    tensors = {"w": torch.arange(64, dtype=torch.float32)}
+    save_artifact(tmp_path / "a.pgolf", config=config, tensors=tensors, codec=codec)
+    assert (tmp_path / "a.pgolf").read_bytes()[16] in (0, 2)  # raw or lzma index
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard now fails
+    assert torch.equal(load_artifact(tmp_path / "a.pgolf").tensors["w"], tensors["w"])
+
+
+def test_wrapper_is_two_lines_that_run_the_minified_source():
+    source = '"""doc"""\ndef twice(value):\n    """doc"""\n    return 2 * value\nRESULT = twice(21)\n'
+    small = minify(source)
+    assert "doc" not in small and ast.parse(small)
+    namespace: dict = {}
+    exec(wrap(small), namespace)
+    assert namespace["RESULT"] == 42 and wrap(small).count("\n") == 2
+
+
+def test_bad_input_is_refused_and_leaves_nothing_behind(run, data, tmp_path, capsys, monkeypatch):
+    def leftovers():
+        return sorted(p.name for p in tmp_path.iterdir() if p.name != "unfinished")
+
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for name in ("config.json", "train.log", "submission.json"):
+        (unfinished / name).write_bytes((run / name).read_bytes())
+    with pytest.raises(SubmitError, match="lacks model.pgolf: the run has not finished"):
+        build_submission(unfinished, tmp_path / "a")
+    with pytest.raises(SubmitError, match="tokenizer .*missing.model does not exist.*--tokenizer"):
+        build_submission(run, tmp_path / "a", tokenizer=str(tmp_path / "missing.model"))
+    monkeypatch.setattr(folder, "SIZE_CAP_BYTES", 1000)
+    with pytest.raises(SubmitError, match=r"code [\d,]+ bytes \+ model [\d,]+ bytes = [\d,]+ > 1,000"):
+        build_submission(run, tmp_path / "a")
+    monkeypatch.undo()
+    assert leftovers() == []
+
+    out = tmp_path / "rec"
+    out.mkdir()
+    assert cli_main(["submit", str(run), "--out", str(out)]) == 1
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and not any(out.iterdir())
+    assert cli_main(["submit", str(run), "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "submission.json", "train.log", "train_gpt.py"]
+    assert leftovers() == ["rec"]
+    readme = (out / "README.md").read_text()
+    assert f"{json.loads((out / 'submission.json').read_text())['bytes_code']:,}" in readme
+
+
+def test_minified_triton_kernels_still_compile_from_the_importers_sources(tmp_path):
+    """Triton compiles a kernel from its source (inspect.getsource): served from memory and
+    minified, Newton-Schulz still equals the torch reference (under TRITON_INTERPRET=1 here)."""
+    names = ["triton_kernels", "triton_kernels._dispatch", "triton_kernels.newton_schulz",
+             "triton_kernels._newton_schulz_kernels"]
+    sources = {n.replace("triton_kernels", "tk_min"): (n == "triton_kernels", minify(
+        (REPO / "triton_kernels" / "__init__.py" if n == "triton_kernels" else
+         REPO.joinpath(*n.split(".")).with_suffix(".py")).read_text())) for n in names}
+    importer = SourceImporter(sources, ("tk_min",), str(tmp_path / "train_gpt.py"))
+    sys.meta_path.insert(0, importer)
+    try:
+        from tk_min.newton_schulz import newton_schulz
+
+        x = torch.randn(2, 16, 24, generator=torch.Generator().manual_seed(0))
+        got = newton_schulz(x, steps=2, impl="triton")
+        want = newton_schulz(x, steps=2, impl="torch")
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    finally:
+        sys.meta_path.remove(importer)
+        for name in list(sys.modules):
+            if name.split(".")[0] == "tk_min":
+                del sys.modules[name]
