@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from pgolf.config import EVAL_MODES
+
 
 class GeometryError(ValueError):
     """A geometry's parameters, or the stream it is given, cannot be scored; the message says why."""
@@ -147,7 +149,6 @@ class Doc:
 
 
 Geometry = Flat | Sliding | Doc
-MODES = ("flat", "sliding", "doc")
 
 
 def make_geometry(mode: str, *, window: int, stride: int, chunk: int, bos_id: int = 1) -> Geometry:
@@ -158,4 +159,4 @@ def make_geometry(mode: str, *, window: int, stride: int, chunk: int, bos_id: in
         return Sliding(window, stride)
     if mode == "doc":
         return Doc(chunk, window, bos_id)
-    raise GeometryError(f"unknown eval mode {mode!r}; modes: {', '.join(MODES)}")
+    raise GeometryError(f"unknown eval mode {mode!r}; modes: {', '.join(EVAL_MODES)}")
