@@ -19,12 +19,13 @@ def test_eval_config_keys_resolve_and_validate():
     assert load_config("demo", file=None, sets=[]).to_dict()["eval"]["mode"] == "flat"
     for bad, match in [("eval.mode=ring", "eval.mode must be a comma-separated list"),
                        ("eval.mode=doc,doc", "distinct modes"),
-                       ("eval.stride=300", r"eval.stride=300 must not exceed the window \(256"),
+                       ("eval.mode=sliding eval.stride=300", r"eval.stride=300 must not exceed the window \(256"),
                        ("eval.chunk=0", "eval.chunk must be positive"),
                        ("eval.max_seconds=-1", "eval.max_seconds must be >= 0"),
                        ("eval.windows=3", "unknown config key 'eval.windows'")]:
         with pytest.raises(ConfigError, match=match):
-            load_config("demo", sets=[bad])
+            load_config("demo", sets=bad.split())
+    assert load_config("demo", sets=["eval.stride=300"]).eval.stride == 300  # flat does not use the stride
 
 
 @pytest.fixture(scope="module")

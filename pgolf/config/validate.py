@@ -74,7 +74,7 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
 
 
 def validate_eval(cfg: Any) -> None:
-    """``eval.*``: known modes, positive sizes, stride and chunk within the window."""
+    """``eval.*``: known modes, positive sizes, the stride (sliding) and chunk (doc) within the window."""
     e = cfg.eval
     modes = cfg.eval_modes()
     if not modes or any(m not in EVAL_MODES for m in modes) or len(set(modes)) != len(modes):
@@ -87,8 +87,8 @@ def validate_eval(cfg: Any) -> None:
         if getattr(e, key) < 0:
             raise ConfigError(f"eval.{key} must be >= 0, got {getattr(e, key)}")
     window = cfg.eval_window()
-    for key in ("stride", "chunk"):
-        if getattr(e, key) > window:
+    for key, mode in (("stride", "sliding"), ("chunk", "doc")):
+        if mode in modes and getattr(e, key) > window:
             raise ConfigError(f"eval.{key}={getattr(e, key)} must not exceed the window ({window}: eval.window, "
                               f"or train.seq_len when it is 0)")
 
