@@ -16,7 +16,7 @@ from pgolf.config import RunConfig
 from pgolf.data.tokenizer import ByteTable
 from pgolf.eval.engine import EvalResult, evaluate_geometry
 from pgolf.eval.geometry import Geometry, make_geometry
-from pgolf.eval.predictor import PlainModel, Predictor
+from pgolf.eval.predictor import PlainModel
 from pgolf.model.gpt import GPT
 from pgolf.util.device import sync
 
@@ -37,14 +37,13 @@ def random_stream(cfg: RunConfig, length: int, seed: int = 0) -> torch.Tensor:
 
 
 def evaluate_modes(model: GPT, tokens: Any, table: ByteTable | None, cfg: RunConfig, *, device: torch.device,
-                   byte_counts: Any = None, rank: int = 0, world_size: int = 1, predictor: Predictor | None = None,
+                   byte_counts: Any = None, rank: int = 0, world_size: int = 1,
                    record: bool = False) -> dict[str, EvalResult]:
-    """Score ``model`` (or ``predictor``; the plain model is its fallback) in every mode of
-    ``cfg.eval.mode``. Each result's ``seconds`` holds ``warmup``, ``score`` and ``adapt``."""
+    """Score ``model`` with the plain predictor in every mode of ``cfg.eval.mode``. Each result's
+    ``seconds`` holds ``warmup``, ``score`` and ``adapt``."""
     was_training = model.training
     model.eval()
     plain = PlainModel(model, device)
-    active = predictor or plain
     batch_tokens = cfg.eval.batch_tokens or cfg.train.val_batch_size
     kw = dict(device=device, batch_tokens=batch_tokens, batch_lanes=cfg.eval.batch_docs, rank=rank,
               world_size=world_size, max_seconds=cfg.eval.max_seconds, fallback=plain)
@@ -54,10 +53,10 @@ def evaluate_modes(model: GPT, tokens: Any, table: ByteTable | None, cfg: RunCon
             geometry = geometry_for(cfg, mode)
             t0 = time.perf_counter()
             warm = random_stream(cfg, min(len(tokens), 2 * cfg.eval_window() + 1))
-            evaluate_geometry(geometry, active, warm, byte_counts=np.ones(len(warm), np.int64), **kw)
+            evaluate_geometry(geometry, plain, warm, byte_counts=np.ones(len(warm), np.int64), **kw)
             sync(device)
             warmup = time.perf_counter() - t0
-            res = evaluate_geometry(geometry, active, tokens, table, byte_counts=byte_counts, record=record, **kw)
+            res = evaluate_geometry(geometry, plain, tokens, table, byte_counts=byte_counts, record=record, **kw)
             res.seconds["warmup"] = warmup
             results[mode] = res
     finally:
