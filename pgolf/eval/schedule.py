@@ -98,13 +98,14 @@ def _stateless_steps(plan: Plan, batch_tokens: int) -> list[Step]:
 
 
 def _lane_groups(plan: Plan, batch_lanes: int) -> list[list[Step]]:
-    lanes, first, counts = np.unique(plan.lane, return_index=True, return_counts=True)
-    preds = np.add.reduceat(plan.stop - plan.start, first) if len(plan) else np.zeros(0, np.int64)
-    order = sorted(range(len(lanes)), key=lambda i: -int(preds[i]))  # longest first, stable
-    chunks_of = {int(lanes[i]): np.flatnonzero(plan.lane == lanes[i]) for i in order}
+    by_lane = np.argsort(plan.lane, kind="stable")  # each lane's chunks, in plan order
+    _, counts = np.unique(plan.lane, return_counts=True)
+    chunks_of = np.split(by_lane, np.cumsum(counts)[:-1]) if len(plan) else []
+    preds = [int((plan.stop[c] - plan.start[c]).sum()) for c in chunks_of]
+    order = sorted(range(len(chunks_of)), key=lambda i: -preds[i])  # longest first, stable
     groups = []
     for b in range(0, len(order), batch_lanes):
-        members = [chunks_of[int(lanes[i])] for i in order[b:b + batch_lanes]]
+        members = [chunks_of[i] for i in order[b:b + batch_lanes]]
         depth = max(len(m) for m in members)
         groups.append([_step(plan, [m[j:j + 1] for m in members if j < len(m)]) for j in range(depth)])
     return groups
