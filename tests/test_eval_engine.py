@@ -164,6 +164,7 @@ class Broken:
     (lambda b: torch.zeros(b.num_scored, V, dtype=torch.int64), "expected a float tensor"),
     (lambda b: torch.full((b.num_scored, V), float("nan")), "non-finite values at stream positions"),
     (lambda b: torch.full((b.num_scored, V), float("inf")), "non-finite values at stream positions"),
+    (lambda b: torch.zeros(b.num_scored, 3), r"returned 3 columns, but the stream holds token id \d+"),
 ])
 def test_bad_predictor_output_is_named(stream, table, fn, match):
     assert isinstance(Broken(fn), Predictor)

@@ -160,6 +160,9 @@ def evaluate_geometry(geometry: Geometry | Plan, predictor: Predictor, tokens: A
         batch = make_batch(step, toks, schedule.seq, chunk_sizes, device)
         lp = check_log_probs(active.log_probs(batch), batch, active)
         targets = toks[batch.positions.cpu()].to(device)
+        if len(targets) and int(targets.max()) >= lp.shape[1]:
+            raise PredictorError(f"{type(active).__name__}.log_probs returned {lp.shape[1]} columns, but the "
+                                 f"stream holds token id {int(targets.max())}: one column per vocabulary entry")
         nll = -lp.gather(1, targets[:, None]).squeeze(1)
         pos = batch.positions
         prev = toks[(pos - 1).cpu()].to(device)
