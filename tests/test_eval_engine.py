@@ -204,3 +204,20 @@ def test_time_budget_falls_back_to_the_plain_model(model, stream, table):
     assert res.score.nll == pytest.approx(free.score.nll, rel=1e-6)
     with pytest.raises(ValueError, match="needs a fallback predictor"):
         evaluate_geometry(Flat(16), main, stream, table, max_seconds=1.0)
+
+
+def test_slots_are_summed_in_slot_order_whatever_the_order_of_adding():
+    """Why totals do not depend on the number of ranks: each step has its own slot, and the slots
+    are added in step order (a running sum would give 1.0 below when slot 2 is added first)."""
+    from pgolf.eval.scoring import BpbAccumulator
+
+    values = {0: 1e16, 1: 1.0, 2: -1e16}  # (1e16 + 1) - 1e16 == 0 in float64; -1e16 + 1e16 + 1 == 1
+    results = []
+    for order in ((0, 1, 2), (2, 0, 1), (1, 2, 0)):
+        acc = BpbAccumulator(slots=3)
+        for slot in order:
+            one = torch.ones(1, dtype=torch.int64)
+            acc.add(torch.tensor([values[slot]], dtype=torch.float64), one, one, one, slot=slot)
+        acc.all_reduce()
+        results.append(acc.result().nll)
+    assert results == [0.0, 0.0, 0.0]
