@@ -195,7 +195,7 @@ def evaluate_geometry(geometry: Geometry | Plan, predictor: Predictor, tokens: A
 
 
 def make_batch(step: Step, tokens: torch.Tensor, seq: np.ndarray, chunk_sizes: np.ndarray,
-                   device: torch.device) -> ChunkBatch:
+               device: torch.device) -> ChunkBatch:
     """The :class:`ChunkBatch` of ``step`` (inputs right-padded with 0)."""
     lengths = step.stop - 1 - step.ctx
     inputs = torch.zeros(len(lengths), step.width, dtype=torch.int64)
