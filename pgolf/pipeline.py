@@ -24,6 +24,7 @@ from pgolf.data.loader import TokenLoader
 from pgolf.data.shards import load_tokens
 from pgolf.data.tokenizer import ByteTable, byte_table, load_tokenizer
 from pgolf.eval.flat import evaluate, unigram_bpb
+from pgolf.eval.modes import evaluate_modes, result_lines
 from pgolf.eval.scoring import Score
 from pgolf.model.gpt import GPT
 from pgolf.optim.optimizers import Optimizers
@@ -254,15 +255,21 @@ def _export_and_score(cfg: RunConfig, env: DistEnv, device: torch.device, model:
         log.line(f"Total submission size: {report.bytes_total} bytes (cap 16000000)")
     if env.distributed:
         dist.barrier()
-    loaded = load_exported(artifact, device=device)
     t0 = time.perf_counter()
-    post = val.score(loaded)
-    eval_ms = 1000.0 * (time.perf_counter() - t0)
+    loaded = load_exported(artifact, device=device)
+    load_s = time.perf_counter() - t0
+    modes = evaluate_modes(loaded, val.tokens, val.table, cfg, device=device, byte_counts=val.bytes,
+                           rank=env.rank, world_size=env.world_size)
+    first = modes[cfg.eval_modes()[0]]
+    post, eval_ms = first.score, 1000.0 * sum(first.seconds.values())
     tag = f"final_{cfg.quant.codec}_roundtrip"
     log.line(f"{tag} val_loss:{post.loss:.4f} val_bpb:{post.bpb:.4f} eval_time:{eval_ms:.0f}ms")
     log.line(f"{tag}_exact val_loss:{post.loss:.8f} val_bpb:{post.bpb:.8f}")
+    for line in result_lines(modes, tag, load_s):
+        log.line(line)
     log.line(f"quant_gap val_bpb:{post.bpb - pre.bpb:+.6f} (pre-export {pre.bpb:.6f})")
-    result = {"name": cfg.name, "val_loss": post.loss, "val_bpb": post.bpb,
+    result = {"name": cfg.name, "val_loss": post.loss, "val_bpb": post.bpb, "eval_mode": first.mode,
+              **{f"val_bpb_{m}": r.score.bpb for m, r in modes.items()},
               "pre_export_val_loss": pre.loss, "pre_export_val_bpb": pre.bpb,
               "quant_gap_bpb": post.bpb - pre.bpb, "val_tokens": post.tokens, "val_bytes": post.bytes,
               "steps": trained.step, "train_time_ms": round(trained.train_ms), "stop_reason": trained.stop_reason,

@@ -1,4 +1,4 @@
-"""The ``pgolf`` command: ``train``, ``eval``, ``data``, ``config`` and ``submit``.
+"""The ``pgolf`` command: ``train``, ``eval``, ``audit``, ``data``, ``config`` and ``submit``.
 
 This is the only place that reads the environment: torchrun's ``RANK``/``WORLD_SIZE``/
 ``LOCAL_RANK`` and the official ``train_gpt.py`` variable names (``ITERATIONS=...``).
@@ -11,6 +11,7 @@ import os
 import sys
 
 from pgolf.cli import data as data_cmd
+from pgolf.cli import evaluate as eval_cmd
 from pgolf.cli import submit as submit_cmd
 from pgolf.config import PRESETS, ConfigError, RunConfig, load_config
 
@@ -46,44 +47,20 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """``pgolf eval``: score a checkpoint or an artifact on validation shards; prints
-    ``val_loss:... val_bpb:... tokens:... bytes:...``."""
-    import numpy as np
-    import torch
+    """``pgolf eval``: score a checkpoint or an artifact in every ``eval.mode``; prints
+    ``mode:... val_loss:... val_bpb:... tokens:... bytes:...`` per mode (works under torchrun)."""
+    from pgolf.util.device import DistEnv
 
-    from pgolf.artifact.export import load_exported
-    from pgolf.config import ModelConfig
-    from pgolf.data.shards import load_tokens
-    from pgolf.data.tokenizer import byte_table, load_tokenizer
-    from pgolf.eval.flat import evaluate
-    from pgolf.model.gpt import GPT
-    from pgolf.train.checkpoint import load_checkpoint
-    from pgolf.util.device import DistEnv, pick_device
+    args.sets = list(args.sets) + eval_cmd.eval_sets(args)
+    return eval_cmd.run_eval(args, _resolve(args), DistEnv.from_environ(os.environ))
 
-    env = DistEnv.from_environ(os.environ)
-    if env.distributed:
-        raise ConfigError("pgolf eval runs in one process; drop torchrun")
-    cfg = _resolve(args)
-    if args.checkpoint:
-        ck = load_checkpoint(args.checkpoint)
-        saved = RunConfig.from_dict(ck["config"])
-        model = GPT(ModelConfig(**saved.model.__dict__))
-        model.load_state_dict(ck["model"])
-        cfg.model = saved.model
-    else:
-        model = load_exported(args.artifact)
-        cfg.model = model.cfg
-    val_glob = args.val_glob or cfg.data.val_glob
-    tokenizer = args.tokenizer or cfg.data.tokenizer
-    device = pick_device(cfg.train.device, env)
-    model = model.to(device)
-    sp = load_tokenizer(tokenizer)
-    cfg.validate(tokenizer_vocab=int(sp.vocab_size()))
-    tokens = torch.from_numpy(load_tokens(val_glob, vocab_size=cfg.model.vocab_size).astype(np.int64))
-    score = evaluate(model, tokens, byte_table(sp, cfg.model.vocab_size), seq_len=cfg.train.seq_len,
-                     batch_tokens=cfg.train.val_batch_size, device=device)
-    print(f"val_loss:{score.loss:.8f} val_bpb:{score.bpb:.8f} tokens:{score.tokens} bytes:{score.bytes}")
-    return 0
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """``pgolf audit``: the legality checks of each ``eval.mode`` with the plain model; exit 1 on a failure."""
+    from pgolf.util.device import DistEnv
+
+    args.sets = list(args.sets) + eval_cmd.eval_sets(args)
+    return eval_cmd.run_audit(args, _resolve(args), DistEnv.from_environ(os.environ))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,14 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--overwrite", action="store_true", help="start over even if RUN_DIR holds a checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="score a checkpoint or an artifact on validation shards")
+    p = sub.add_parser("eval", help="score a checkpoint or an artifact on validation shards (flat, sliding, doc)")
     _add_config_args(p)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a checkpoint.pt written by pgolf train")
-    src.add_argument("--artifact", help="an artifact (model.pgolf) written by pgolf train")
-    p.add_argument("--val-glob", help="validation shards (default: the preset's data.val_glob)")
-    p.add_argument("--tokenizer", help="SentencePiece model (default: the preset's data.tokenizer)")
+    q = sub.add_parser("audit", help="check that an eval mode is legal: causality, normalisation, single pass, ...")
+    _add_config_args(q)
+    eval_cmd.add_arguments(p, q)
     p.set_defaults(func=cmd_eval)
+    q.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("data", help="build train/val shards (and optionally a tokenizer) from text")
     data_cmd.add_arguments(p)

@@ -1,7 +1,7 @@
 """Typed run configuration, named presets, and the three ways to override them.
 
 A run is described by one :class:`RunConfig` made of sections (``model``, ``data``, ``optim``,
-``train``, ``quant``). Values are resolved in this order, later winning:
+``train``, ``quant``, ``eval``). Values are resolved in this order, later winning:
 
 1. a named preset (:data:`PRESETS`: ``demo`` for a CPU, ``gpu-demo``, ``baseline`` = official);
 2. a JSON file (``--config run.json``), holding a nested dict of sections;
@@ -16,8 +16,10 @@ message naming the key.
 from pgolf.config.load import ENV_OVERRIDES, env_overrides, load_config
 from pgolf.config.presets import PRESETS
 from pgolf.config.run import RunConfig, parse_value, resolve_key
-from pgolf.config.sections import (ConfigError, DataConfig, ModelConfig, OptimConfig, QuantConfig, TrainConfig)
+from pgolf.config.sections import (EVAL_MODES, ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig,
+                                   QuantConfig, TrainConfig)
 from pgolf.config.validate import parse_policy, parse_sigma_policy
 
-__all__ = ["ENV_OVERRIDES", "PRESETS", "ConfigError", "DataConfig", "ModelConfig", "OptimConfig", "QuantConfig",
-           "RunConfig", "TrainConfig", "env_overrides", "load_config", "parse_policy", "parse_sigma_policy", "parse_value", "resolve_key"]
+__all__ = ["ENV_OVERRIDES", "EVAL_MODES", "PRESETS", "ConfigError", "DataConfig", "EvalConfig", "ModelConfig",
+           "OptimConfig", "QuantConfig", "RunConfig", "TrainConfig", "env_overrides", "load_config", "parse_policy",
+           "parse_sigma_policy", "parse_value", "resolve_key"]

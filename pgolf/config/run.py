@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from pgolf.config.sections import ConfigError, DataConfig, ModelConfig, OptimConfig, QuantConfig, TrainConfig
+from pgolf.config.sections import (ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, QuantConfig,
+                                   TrainConfig)
 from pgolf.config.validate import validate_run
 
 
@@ -20,6 +21,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The whole configuration as nested plain values (JSON-ready)."""
@@ -55,6 +57,14 @@ class RunConfig:
         validate_run(self, tokenizer_vocab=tokenizer_vocab)
         return self
 
+    def eval_modes(self) -> list[str]:
+        """The scoring modes of ``eval.mode``, in order (the first is the reported score)."""
+        return [m.strip() for m in self.eval.mode.split(",") if m.strip()]
+
+    def eval_window(self) -> int:
+        """``eval.window``, or ``train.seq_len`` when it is 0."""
+        return self.eval.window or self.train.seq_len
+
     def grad_accum_steps(self, world_size: int) -> int:
         """Micro-steps per optimiser step so the global batch does not depend on world size."""
         t = self.train
@@ -69,7 +79,7 @@ class RunConfig:
         return accum
 
 
-_SECTIONS = ("model", "data", "optim", "train", "quant")
+_SECTIONS = ("model", "data", "optim", "train", "quant", "eval")
 
 
 def _field_types(cls: type) -> dict[str, type]:
@@ -80,7 +90,7 @@ def _field_types(cls: type) -> dict[str, type]:
 
 def _section_classes() -> dict[str, type]:
     return {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
-            "train": TrainConfig, "quant": QuantConfig}
+            "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig}
 
 
 def resolve_key(key: str) -> tuple[str | None, str]:

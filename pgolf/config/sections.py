@@ -164,3 +164,25 @@ class QuantConfig:
     qat_surrogate: str = "ste"  # ste | softround
     qat_temperature_start: float = 1.0
     qat_temperature_end: float = 0.05
+
+
+EVAL_MODES = ("flat", "sliding", "doc")
+
+
+@dataclass
+class EvalConfig:
+    """How the final score is computed (:mod:`pgolf.eval`): one or more scoring geometries.
+
+    ``mode`` is a comma-separated list of ``flat`` (non-overlapping windows), ``sliding``
+    (window ``window``, stride ``stride``) and ``doc`` (per document, chunks of ``chunk`` targets
+    with up to ``window`` tokens of the document's prefix); the first is the reported score.
+    """
+
+    mode: str = "flat"
+    window: int = 0  # 0: train.seq_len
+    stride: int = 64
+    chunk: int = 48
+    batch_docs: int = 64  # documents side by side for adaptive predictors
+    batch_tokens: int = 0  # padded tokens per forward; 0: train.val_batch_size
+    bos_id: int = 1
+    max_seconds: float = 0.0  # 0: no budget; past it the plain model scores the rest (counted)

@@ -7,7 +7,7 @@ from typing import Any
 
 from pgolf.codec import COMPRESSORS
 from pgolf.config.features import check_model_features, check_recipe
-from pgolf.config.sections import ConfigError
+from pgolf.config.sections import EVAL_MODES, ConfigError
 from triton_kernels._dispatch import IMPLS
 from triton_kernels.fake_quant import RULES, SURROGATES
 from triton_kernels.newton_schulz import ns_coefficients
@@ -87,6 +87,27 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
     check_model_features(m)
     check_recipe(o, t)
     check_ns_schedule(o.ns_schedule, o.muon_backend_steps)
+    validate_eval(cfg)
+
+
+def validate_eval(cfg: Any) -> None:
+    """``eval.*``: known modes, positive sizes, the stride (sliding) and chunk (doc) within the window."""
+    e = cfg.eval
+    modes = cfg.eval_modes()
+    if not modes or any(m not in EVAL_MODES for m in modes) or len(set(modes)) != len(modes):
+        raise ConfigError(f"eval.mode must be a comma-separated list of distinct modes from "
+                          f"{', '.join(EVAL_MODES)}, got {e.mode!r}")
+    for key in ("stride", "chunk", "batch_docs"):
+        if getattr(e, key) <= 0:
+            raise ConfigError(f"eval.{key} must be positive, got {getattr(e, key)}")
+    for key in ("window", "batch_tokens", "bos_id", "max_seconds"):
+        if getattr(e, key) < 0:
+            raise ConfigError(f"eval.{key} must be >= 0, got {getattr(e, key)}")
+    window = cfg.eval_window()
+    for key, mode in (("stride", "sliding"), ("chunk", "doc")):
+        if mode in modes and getattr(e, key) > window:
+            raise ConfigError(f"eval.{key}={getattr(e, key)} must not exceed the window ({window}: eval.window, "
+                              f"or train.seq_len when it is 0)")
 
 
 def parse_policy(policy: str) -> list[tuple[str, int]]:

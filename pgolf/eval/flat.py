@@ -1,14 +1,16 @@
-"""Scoring a model on the validation stream in non-overlapping windows (exact val_bpb), and the
-unigram yardstick."""
+"""Scoring a model on the validation stream in non-overlapping windows (exact val_bpb; the training
+loop's periodic validation), and the unigram yardstick."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from pgolf.data.tokenizer import ByteTable
-from pgolf.eval.scoring import Score, score_stream, token_bytes
+from pgolf.eval.engine import evaluate_geometry
+from pgolf.eval.geometry import Flat
+from pgolf.eval.predictor import PlainModel
+from pgolf.eval.scoring import Score, token_bytes
 from pgolf.model.gpt import GPT
-from pgolf.util.device import autocast_for
 
 
 def evaluate(model: GPT, tokens: torch.Tensor | np.ndarray, table: ByteTable | None, *, seq_len: int,
@@ -16,24 +18,19 @@ def evaluate(model: GPT, tokens: torch.Tensor | np.ndarray, table: ByteTable | N
              byte_counts: torch.Tensor | np.ndarray | None = None, max_tokens: int = 0) -> Score:
     """Score every target of ``tokens`` (or of its first ``max_tokens + 1`` when capped) once.
 
-    Windows of ``seq_len`` targets, ``batch_tokens // seq_len`` windows per forward, spread over
-    ranks; NLL summed in float64 and all-reduced (see :func:`pgolf.eval.scoring.score_stream`).
+    The engine's ``flat`` mode with the plain model: windows of ``seq_len`` targets,
+    ``batch_tokens // seq_len`` windows per forward (the short last window on its own), steps
+    spread over ranks; NLL summed in float64 per step, all-reduced and added up in step order.
     """
     if max_tokens and len(tokens) > max_tokens + 1:
         tokens = tokens[: max_tokens + 1]
         byte_counts = None if byte_counts is None else byte_counts[: max_tokens + 1]
-
-    def nll_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with autocast_for(device):
-            return model.token_nll(x, y)
-
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            return score_stream(nll_fn, tokens, seq_len=seq_len, batch_seqs=max(1, batch_tokens // seq_len),
-                                table=table, byte_counts=byte_counts, rank=rank, world_size=world_size,
-                                device=device)
+        return evaluate_geometry(Flat(seq_len), PlainModel(model, device), tokens, table, byte_counts=byte_counts,
+                                 device=device, batch_tokens=max(1, batch_tokens // seq_len) * seq_len, rank=rank,
+                                 world_size=world_size).score
     finally:
         model.train(was_training)
 

@@ -46,18 +46,22 @@ class BpbAccumulator:
     Call :meth:`add` per batch, :meth:`all_reduce` once (a no-op unless torch.distributed is
     initialised), then :meth:`result`. Adding after the reduction, or reducing twice, raises:
     either would count tokens twice.
+
+    With ``slots > 1`` each batch adds into its own slot (``add(..., slot=i)``; one rank writes a
+    slot, the others leave it 0) and :meth:`result` sums the slots in order, so the total does
+    not depend on which rank scored which slot: the same bits for any number of ranks.
     """
 
-    def __init__(self, table: ByteTable | None = None, *, device: str | torch.device = "cpu"):
+    def __init__(self, table: ByteTable | None = None, *, device: str | torch.device = "cpu", slots: int = 1):
         self.table = None if table is None else table.to(device)
         self.device = torch.device(device)
-        self._sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # nll, bytes, tokens
+        self._sums = torch.zeros(slots, 3, dtype=torch.float64, device=self.device)  # nll, bytes, tokens
         self._reduced = False
 
     def add(self, nll: torch.Tensor, prev_ids: torch.Tensor, target_ids: torch.Tensor,
-            byte_counts: torch.Tensor | None = None) -> None:
-        """Add per-token ``nll`` for ``target_ids`` (same shape). Bytes come from ``byte_counts``
-        (same shape) when given, else from the table and ``prev_ids``."""
+            byte_counts: torch.Tensor | None = None, *, slot: int = 0) -> None:
+        """Add per-token ``nll`` for ``target_ids`` (same shape) into ``slot``. Bytes come from
+        ``byte_counts`` (same shape) when given, else from the table and ``prev_ids``."""
         if self._reduced:
             raise RuntimeError("BpbAccumulator.add after all_reduce would mix local and global sums")
         if nll.shape != target_ids.shape or prev_ids.shape != target_ids.shape:
@@ -70,9 +74,10 @@ class BpbAccumulator:
         elif byte_counts.shape != target_ids.shape:
             raise ValueError(f"byte_counts {tuple(byte_counts.shape)} must match target_ids "
                              f"{tuple(target_ids.shape)}")
-        self._sums[0] += nll.detach().to(self.device, torch.float64).sum()
-        self._sums[1] += byte_counts.to(self.device, torch.float64).sum()
-        self._sums[2] += target_ids.numel()
+        sums = self._sums[slot]
+        sums[0] += nll.detach().to(self.device, torch.float64).sum()
+        sums[1] += byte_counts.to(self.device, torch.float64).sum()
+        sums[2] += target_ids.numel()
 
     def all_reduce(self) -> None:
         """Sum the totals over all ranks (when torch.distributed is initialised); once only."""
@@ -84,7 +89,9 @@ class BpbAccumulator:
 
     def result(self) -> Score:
         """The :class:`Score` of everything added (``nan`` loss/bpb when nothing was)."""
-        nll, nbytes, ntok = (float(v) for v in self._sums.cpu())
+        nll = nbytes = ntok = 0.0
+        for slot_nll, slot_bytes, slot_tokens in self._sums.cpu().tolist():  # in slot order
+            nll, nbytes, ntok = nll + slot_nll, nbytes + slot_bytes, ntok + slot_tokens
         return Score(tokens=int(ntok), bytes=int(nbytes), nll=nll,
                      loss=nll / ntok if ntok else math.nan,
                      bpb=nll / (math.log(2) * nbytes) if nbytes else math.nan)

@@ -1,0 +1,154 @@
+"""``pgolf eval`` and ``pgolf audit``: score a checkpoint or an artifact, or audit an eval mode."""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pgolf.config import EVAL_MODES, RunConfig
+
+
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and validation data to score, and the ``eval.*`` shortcuts."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint.pt written by pgolf train")
+    src.add_argument("--artifact", help="an artifact (model.pgolf) written by pgolf train")
+    p.add_argument("--val-glob", help="validation shards (default: the preset's data.val_glob)")
+    p.add_argument("--tokenizer", help="SentencePiece model (default: the preset's data.tokenizer)")
+    p.add_argument("--mode", help=f"eval.mode: one or more of {', '.join(EVAL_MODES)}, comma-separated")
+    for flag, key in (("--window", "window"), ("--stride", "stride"), ("--chunk", "chunk"),
+                      ("--batch-docs", "batch_docs"), ("--max-seconds", "max_seconds")):
+        p.add_argument(flag, dest=key, metavar="N", help=f"eval.{key}")
+
+
+def eval_sets(args: argparse.Namespace) -> list[str]:
+    """``--set`` items for the ``eval.*`` shortcuts given on the command line."""
+    keys = ("mode", "window", "stride", "chunk", "batch_docs", "max_seconds")
+    return [f"eval.{k}={getattr(args, k)}" for k in keys if getattr(args, k) is not None]
+
+
+@dataclass
+class Loaded:
+    """A model ready to score and its validation data."""
+
+    cfg: RunConfig
+    model: Any
+    tokens: Any
+    table: Any
+    byte_counts: Any
+    device: Any
+    load_seconds: float
+
+
+def load_for_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> Loaded:
+    """Load the checkpoint or artifact of ``args`` and the validation stream."""
+    import numpy as np
+    import torch
+
+    from pgolf.artifact.export import load_exported
+    from pgolf.config import ModelConfig
+    from pgolf.data.shards import load_tokens
+    from pgolf.data.tokenizer import byte_table, load_tokenizer
+    from pgolf.model.gpt import GPT
+    from pgolf.train.checkpoint import load_checkpoint
+    from pgolf.util.device import pick_device
+
+    device = pick_device(cfg.train.device, env)
+    t0 = time.perf_counter()
+    if args.checkpoint:
+        ck = load_checkpoint(args.checkpoint)
+        saved = RunConfig.from_dict(ck["config"])
+        model = GPT(ModelConfig(**saved.model.__dict__))
+        model.load_state_dict(ck["model"])
+        cfg.model = saved.model
+    else:
+        model = load_exported(args.artifact)
+        cfg.model = model.cfg
+    model = model.to(device)
+    load_seconds = time.perf_counter() - t0
+    sp = load_tokenizer(args.tokenizer or cfg.data.tokenizer)
+    cfg.validate(tokenizer_vocab=int(sp.vocab_size()))
+    tokens = torch.from_numpy(load_tokens(args.val_glob or cfg.data.val_glob,
+                                          vocab_size=cfg.model.vocab_size).astype(np.int64))
+    byte_counts = (torch.from_numpy(load_tokens(cfg.data.val_bytes_glob).astype(np.int64))
+                   if cfg.data.val_bytes_glob else None)
+    return Loaded(cfg, model, tokens, byte_table(sp, cfg.model.vocab_size), byte_counts, device, load_seconds)
+
+
+def run_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
+    """Score in every mode of ``eval.mode``; print one line per mode (and its time split)."""
+    import torch
+    import torch.distributed as dist
+
+    from pgolf.eval.modes import evaluate_modes, result_lines
+    from pgolf.util.device import pick_device
+
+    if env.distributed and not dist.is_initialized():
+        device = pick_device(cfg.train.device, env)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        x = load_for_eval(args, cfg, env)
+        results = evaluate_modes(x.model, x.tokens, x.table, cfg, device=x.device, byte_counts=x.byte_counts,
+                                 rank=env.rank, world_size=env.world_size, record=bool(args.per_token_out))
+        if env.master:
+            for mode, r in results.items():
+                s = r.score
+                print(f"mode:{mode} val_loss:{s.loss:.8f} val_bpb:{s.bpb:.8f} tokens:{s.tokens} bytes:{s.bytes}")
+            for line in result_lines(results, "eval", x.load_seconds):
+                if "_exact " not in line:  # the time split; the scores are printed above
+                    print(line)
+            if args.per_token_out:
+                for mode, r in results.items():
+                    path = args.per_token_out if len(results) == 1 else f"{args.per_token_out}.{mode}"
+                    r.record.write(path, x.tokens)
+                    print(f"per-token scores of mode {mode}: {path}")
+    finally:
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    return 0
+
+
+def run_audit(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
+    """Audit the plain model in every mode of ``eval.mode``; exit 1 when a rule fails."""
+    from pgolf.eval.audit import audit
+    from pgolf.eval.modes import geometry_for
+    from pgolf.eval.predictor import PlainModel
+    from pgolf.util.atomic import atomic_write_text
+
+    if env.distributed:
+        raise ValueError("pgolf audit runs in one process; drop torchrun")
+    x = load_for_eval(args, cfg, env)
+    x.model.eval()
+    tokens = x.tokens[: args.max_tokens + 1] if args.max_tokens else x.tokens
+    counts = None if x.byte_counts is None else x.byte_counts[: len(tokens)]
+    reports = []
+    for mode in cfg.eval_modes():
+        report = audit(lambda: PlainModel(x.model, x.device), tokens, x.table, geometry_for(cfg, mode),
+                       byte_counts=counts, num_positions=args.positions, seed=args.seed, bos_id=cfg.eval.bos_id,
+                       device=x.device, batch_tokens=cfg.eval.batch_tokens or cfg.train.val_batch_size,
+                       batch_lanes=cfg.eval.batch_docs, tolerance=args.tolerance)
+        print(report.table())
+        reports.append(report)
+    if args.json:
+        atomic_write_text(args.json, "[\n" + ",\n".join(r.to_json() for r in reports) + "\n]\n")
+        print(f"audit JSON: {args.json}")
+    return 0 if all(r.passed for r in reports) else 1
+
+
+def add_arguments(eval_parser: argparse.ArgumentParser, audit_parser: argparse.ArgumentParser) -> None:
+    """Arguments of both subcommands (the config arguments are added by the caller)."""
+    add_source_arguments(eval_parser)
+    eval_parser.add_argument("--per-token-out", metavar="FILE",
+                             help="write position, target, nll, bytes, seq of every scored token (TSV)")
+    add_source_arguments(audit_parser)
+    audit_parser.add_argument("--max-tokens", type=int, default=8192,
+                              help="audit the first N validation targets (0: all; each check reruns the eval)")
+    audit_parser.add_argument("--positions", type=int, default=6, help="positions to change (causality checks)")
+    audit_parser.add_argument("--seed", type=int, default=0)
+    audit_parser.add_argument("--tolerance", type=float, default=0.0,
+                              help="allowed score difference (0 = bitwise, right on a CPU; set one for GPU runs)")
+    audit_parser.add_argument("--json", metavar="FILE", help="also write the verdicts as JSON")

@@ -1,0 +1,114 @@
+"""``eval.*`` config keys, ``pgolf eval --mode``, ``pgolf audit`` and the final report's lines per mode."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pgolf.cli import main as cli_main
+from pgolf.config import ConfigError, ModelConfig, RunConfig, load_config
+from pgolf.data.shards import write_shard
+from pgolf.model.gpt import GPT
+from pgolf.train.checkpoint import save_checkpoint
+
+
+def test_eval_config_keys_resolve_and_validate():
+    cfg = load_config("demo", sets=["eval.mode=flat,doc", "chunk=32", "eval.window=128", "stride=16"])
+    assert cfg.eval_modes() == ["flat", "doc"] and (cfg.eval.chunk, cfg.eval_window(), cfg.eval.stride) == (32, 128, 16)
+    assert load_config("demo").eval_window() == load_config("demo").train.seq_len  # window 0: train.seq_len
+    assert load_config("demo", file=None, sets=[]).to_dict()["eval"]["mode"] == "flat"
+    for bad, match in [("eval.mode=ring", "eval.mode must be a comma-separated list"),
+                       ("eval.mode=doc,doc", "distinct modes"),
+                       ("eval.mode=sliding eval.stride=300", r"eval.stride=300 must not exceed the window \(256"),
+                       ("eval.chunk=0", "eval.chunk must be positive"),
+                       ("eval.max_seconds=-1", "eval.max_seconds must be >= 0"),
+                       ("eval.windows=3", "unknown config key 'eval.windows'")]:
+        with pytest.raises(ConfigError, match=match):
+            load_config("demo", sets=bad.split())
+    assert load_config("demo", sets=["eval.stride=300"]).eval.stride == 300  # flat does not use the stride
+
+
+@pytest.fixture(scope="module")
+def checkpoint_and_val(tmp_path_factory, sp1024_path):
+    """A small random model over the official 1024-piece vocabulary and a validation shard of
+    documents (BOS + ids) from it."""
+    out = tmp_path_factory.mktemp("evalcli")
+    cfg = RunConfig()
+    cfg.model = ModelConfig(vocab_size=1024, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1)
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    save_checkpoint(out / "checkpoint.pt", {"model": model.state_dict(), "config": cfg.to_dict()})
+    gen = np.random.default_rng(0)
+    docs = [np.concatenate([[1], gen.integers(3, 1024, gen.integers(10, 90))]) for _ in range(12)]
+    write_shard(out / "val_000000.bin", np.concatenate(docs).astype(np.uint16))
+    common = ["--preset", "demo", "--val-glob", str(out / "val_*.bin"), "--tokenizer", str(sp1024_path),
+              "--set", "train.seq_len=64", "--set", "train.val_batch_size=512", "--checkpoint",
+              str(out / "checkpoint.pt")]
+    return out, common
+
+
+def _scores(out: str) -> dict[str, float]:
+    return {line.split()[0][5:]: float(line.split("val_bpb:")[1].split()[0])
+            for line in out.splitlines() if line.startswith("mode:")}
+
+
+def test_eval_command_scores_every_mode(checkpoint_and_val, capsys, tmp_path):
+    _, common = checkpoint_and_val
+    assert cli_main(["eval", *common, "--mode", "flat,sliding,doc", "--stride", "16", "--chunk", "8",
+                     "--per-token-out", str(tmp_path / "tok.tsv")]) == 0
+    out = capsys.readouterr().out
+    scores = _scores(out)
+    assert set(scores) == {"flat", "sliding", "doc"} and len(set(scores.values())) == 3
+    for mode in scores:
+        assert f"eval_{mode} tokens:" in out and "warmup:" in out and "fallback_tokens:0" in out
+        lines = (tmp_path / f"tok.tsv.{mode}").read_text().splitlines()
+        assert lines[0] == "position\ttarget\tnll\tbytes\tseq"
+    # the same flags through --set give the same numbers
+    assert cli_main(["eval", *common, "--set", "eval.mode=sliding", "--set", "eval.stride=16"]) == 0
+    assert _scores(capsys.readouterr().out)["sliding"] == scores["sliding"]
+
+
+def test_eval_command_bad_mode_is_a_config_error(checkpoint_and_val, capsys):
+    _, common = checkpoint_and_val
+    assert cli_main(["eval", *common, "--mode", "doc", "--chunk", "100"]) == 2
+    assert "eval.chunk=100 must not exceed the window (64" in capsys.readouterr().err
+
+
+def test_audit_command_passes_the_plain_model(checkpoint_and_val, capsys, tmp_path):
+    _, common = checkpoint_and_val
+    rc = cli_main(["audit", *common, "--mode", "doc,sliding", "--chunk", "8", "--stride", "16", "--positions", "3",
+                   "--max-tokens", "400", "--json", str(tmp_path / "audit.json")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "causality            PASS" in out and out.count("verdict: LEGAL") == 2
+    reports = json.loads((tmp_path / "audit.json").read_text())
+    assert [r["mode"] for r in reports] == ["doc", "sliding"] and all(r["passed"] for r in reports)
+
+
+@pytest.mark.slow
+def test_final_report_has_one_line_per_mode(tmp_path, capsys):
+    from pgolf.data.build import build_embedded_dataset
+    from pgolf.pipeline import run_training
+
+    data = tmp_path / "data"
+    build_embedded_dataset(data, vocab_size=512, num_val_docs=20, max_docs=200, progress=False)
+    sets = {"data.train_glob": f"{data}/train_*.bin", "data.val_glob": f"{data}/val_*.bin",
+            "data.tokenizer": f"{data}/tokenizer.model", "data.embedded_default": "false",
+            "model.num_layers": 2, "model.model_dim": 32, "model.num_heads": 2, "model.num_kv_heads": 1,
+            "train.seq_len": 32, "train.train_batch_tokens": 256, "train.micro_batch_tokens": 256,
+            "train.iterations": 3, "train.val_loss_every": 0, "train.val_batch_size": 2048,
+            "train.max_wallclock_seconds": 0, "train.warmdown_iters": 1, "train.kernels": "torch",
+            "train.run_dir": str(tmp_path / "run"), "eval.mode": "flat,sliding,doc", "eval.stride": 8,
+            "eval.chunk": 16}
+    result = run_training(load_config("demo", sets=[f"{k}={v}" for k, v in sets.items()]), echo=True)
+    out = capsys.readouterr().out
+    for mode in ("flat", "sliding", "doc"):
+        line = next(x for x in out.splitlines() if x.startswith(f"final_zlib_roundtrip_{mode}_exact "))
+        assert f"val_bpb:{result['val_bpb_' + mode]:.8f}" in line
+        assert f"eval_{mode} tokens:{result['val_tokens']} " in out
+    lines = {x.split(" ")[0]: x.split(" ", 1)[1] for x in out.splitlines() if "_exact " in x}
+    assert lines["final_zlib_roundtrip_exact"] == lines["final_zlib_roundtrip_flat_exact"]
+    assert result["val_bpb"] == result["val_bpb_flat"] and result["eval_mode"] == "flat"
