@@ -1,4 +1,5 @@
-"""Builds the pgolf C++ extension (``pgolf._codec``): bit packing and the rANS coder.
+"""Builds the pgolf C++ extension (``pgolf._codec``): bit packing, the rANS coder and the
+context-modelled matrix coder.
 
 Metadata lives in pyproject.toml. The extension needs only pybind11 and a C++17 compiler
 (no libtorch). Set ``PGOLF_SANITIZE=1`` to build with AddressSanitizer + UBSan.

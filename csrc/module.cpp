@@ -1,4 +1,5 @@
-// pybind11 entry point of pgolf._codec: bit packing (bitpack.h) and rANS coding (rans.h).
+// pybind11 entry point of pgolf._codec: bit packing (bitpack.h), rANS coding (rans.h) and the
+// context-modelled matrix coder (ctxcoder.h).
 // Inputs are read through the buffer protocol without copies; the hot loops run without the GIL.
 // pgolf/codec.py is the public API (type checks, torch tensors, CodecError); call it, not this.
 #include <pybind11/numpy.h>
@@ -12,6 +13,7 @@
 #include <string>
 
 #include "bitpack.h"
+#include "ctxcoder.h"
 #include "errors.h"
 #include "rans.h"
 
@@ -124,11 +126,69 @@ py::dict rans_info(const py::buffer& data) {
     return info;
 }
 
+py::bytes ctx_encode(const std::vector<py::buffer>& mats, const std::vector<std::pair<uint64_t, uint64_t>>& shapes,
+                     int bits, int force_flags) {
+    if (mats.size() != shapes.size()) throw py::value_error("ctx_encode needs one shape per matrix");
+    std::vector<py::buffer_info> infos;
+    std::vector<pgolf::CtxMatrix> ms;
+    for (size_t k = 0; k < mats.size(); ++k) {
+        infos.push_back(byte_buffer(mats[k], true, "codes"));
+        const auto [rows, cols] = shapes[k];
+        if (cols && rows > (uint64_t(1) << 32) / cols)
+            throw py::value_error("matrix " + std::to_string(k) + " is too large (at most 2^32 values)");
+        if (uint64_t(infos.back().size) != rows * cols)
+            throw py::value_error("matrix " + std::to_string(k) + " has " + std::to_string(infos.back().size) +
+                                  " values, its shape says " + std::to_string(rows * cols));
+        ms.push_back({static_cast<const int8_t*>(infos.back().ptr), rows, cols});
+    }
+    std::vector<uint8_t> stream;
+    {
+        py::gil_scoped_release nogil;
+        stream = pgolf::ctx_encode(ms, bits, force_flags);
+    }
+    return py::bytes(reinterpret_cast<const char*>(stream.data()), stream.size());
+}
+
+py::list ctx_decode(const py::buffer& data, uint64_t max_values) {
+    const py::buffer_info in = byte_buffer(data, false, "data");
+    const pgolf::CtxStream stream(static_cast<const uint8_t*>(in.ptr), size_t(in.size));
+    if (stream.total_values() > max_values)
+        throw pgolf::stream_error("context-coded stream holds " + std::to_string(stream.total_values()) +
+                                  " values, more than the " + std::to_string(max_values) + " allowed");
+    py::list out;
+    std::vector<int8_t*> ptrs;
+    for (size_t k = 0; k < stream.count(); ++k) {
+        py::array_t<int8_t> a({py::ssize_t(stream.rows(k)), py::ssize_t(stream.cols(k))});
+        ptrs.push_back(a.mutable_data());
+        out.append(a);
+    }
+    {
+        py::gil_scoped_release nogil;
+        stream.decode(ptrs);
+    }
+    return out;
+}
+
+py::dict ctx_info(const py::buffer& data) {
+    const py::buffer_info in = byte_buffer(data, false, "data");
+    const pgolf::CtxStream stream(static_cast<const uint8_t*>(in.ptr), size_t(in.size));
+    py::list shapes, flags;
+    for (size_t k = 0; k < stream.count(); ++k) {
+        shapes.append(py::make_tuple(stream.rows(k), stream.cols(k)));
+        flags.append(stream.flags(k));
+    }
+    py::dict info;
+    info["bits"] = stream.bits();
+    info["shapes"] = shapes;
+    info["flags"] = flags;
+    return info;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_codec, m) {
-    m.doc() = "pgolf C++ codec: int2..int8 bit packing and rANS entropy coding (use pgolf.codec)";
-    m.attr("ABI_VERSION") = 3;
+    m.doc() = "pgolf C++ codec: int2..int8 bit packing, rANS and context-modelled coding (use pgolf.codec)";
+    m.attr("ABI_VERSION") = 4;
     py::register_exception<pgolf::stream_error>(m, "StreamError", PyExc_ValueError);
     m.def("packed_size", &pgolf::packed_size, py::arg("count"), py::arg("bits"));
     m.def("pack_bits", &pack_bits, py::arg("codes"), py::arg("bits"));
@@ -137,4 +197,7 @@ PYBIND11_MODULE(_codec, m) {
           py::arg("bits"), py::arg("row_key") = py::none(), py::arg("segments") = std::vector<uint64_t>());
     m.def("rans_decode", &rans_decode, py::arg("data"), py::arg("max_values"));
     m.def("rans_info", &rans_info, py::arg("data"));
+    m.def("ctx_encode", &ctx_encode, py::arg("mats"), py::arg("shapes"), py::arg("bits"), py::arg("force_flags") = -1);
+    m.def("ctx_decode", &ctx_decode, py::arg("data"), py::arg("max_values"));
+    m.def("ctx_info", &ctx_info, py::arg("data"));
 }

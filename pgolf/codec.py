@@ -12,6 +12,10 @@ wrap outputs with ``torch.from_numpy`` when a tensor is wanted):
 * :func:`rans_encode_set` / :func:`rans_decode_set`: several tensors of one bit width as one
   joint stream (shared tables, one group per tensor or per cluster of tensors) or one stream
   each, whichever is smaller (the artifact's coding of QTensor codes).
+* :func:`ctx_encode` / :func:`ctx_decode`: several 2-D tensors of one bit width as one
+  context-modelled stream (adaptive binary arithmetic coding; contexts from the same column in
+  the previous rows, a row order chosen by similarity, column and row activity; layout and
+  model in ``csrc/ctxcoder.h``).
 
 Malformed input to a decoder raises :class:`CodecError` (a ``ValueError``); out-of-range codes
 raise ``ValueError`` naming the first offending index and value. The extension is imported
@@ -28,7 +32,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["COMPRESSORS", "CodecError", "CodecUnavailable", "available", "packed_size", "pack_bits", "unpack_bits",
-           "rans_encode", "rans_decode", "rans_info", "rans_encode_set", "rans_decode_set"]
+           "rans_encode", "rans_decode", "rans_info", "rans_encode_set", "rans_decode_set",
+           "ctx_encode", "ctx_decode", "ctx_info"]
 
 # The payload compressors an artifact can be written with (``quant.codec``).
 COMPRESSORS = ("zlib", "zstd", "rans")
@@ -217,3 +222,43 @@ def rans_info(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     info = _decoding(lambda e: e.rans_info, data)
     info["grouping"] = ("one", "contiguous", "mapped", "segments")[info["grouping"]]
     return info
+
+
+def ctx_encode(tensors: list[Any], bits: int, *, force_flags: int | None = None) -> bytes:
+    """Code 2-D int8 tensors of ``bits``-bit codes as one context-modelled stream.
+
+    Each value is binarised (zero?, sign, unary magnitude) and every binary decision is coded with
+    a probability that mixes (logistic mixing, learned online) adaptive models whose contexts are
+    the values at the same column in the two previous coded rows, the previous value of the row,
+    and the running mean magnitude of the column and of the row; the models carry over from
+    tensor to tensor, so tensors of one role across layers learn from each other. Per tensor the
+    encoder keeps the smallest of plain, transposed, rows reordered by greedy L1 nearest
+    neighbour (the order is stored) and both. ``force_flags`` (0..3: bit 0 transposed, bit 1
+    reordered) forces one variant on every tensor. Values outside the ``bits`` range raise
+    ``ValueError`` naming the tensor, index and value.
+    """
+    bits = _check_bits(bits)
+    arrs = [_int8_array(t, "tensors") for t in tensors]
+    if any(a.ndim != 2 for a in arrs):
+        raise ValueError("ctx_encode takes 2-D tensors")
+    if force_flags is not None and (isinstance(force_flags, bool) or force_flags not in (0, 1, 2, 3)):
+        raise ValueError(f"force_flags must be None or 0..3, got {force_flags!r}")
+    return _ext().ctx_encode(arrs, [a.shape for a in arrs], bits, -1 if force_flags is None else int(force_flags))
+
+
+def ctx_decode(data: bytes | bytearray | memoryview, *, max_values: int | None = None) -> list[np.ndarray]:
+    """Decode a :func:`ctx_encode` stream into its 2-D int8 arrays.
+
+    ``max_values`` bounds the total values the stream may declare before any allocation
+    (default ``2**32``); a stream declaring more raises :class:`CodecError`, as does any
+    truncated, corrupt or trailing-garbage input.
+    """
+    limit = DEFAULT_MAX_VALUES if max_values is None else int(max_values)
+    return _decoding(lambda e: e.ctx_decode, data, limit)
+
+
+def ctx_info(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """The header of a :func:`ctx_encode` stream, validated, without decoding the payload:
+    ``bits``, ``shapes`` (one ``(rows, cols)`` per tensor) and ``flags`` (per tensor: bit 0
+    transposed, bit 1 rows reordered)."""
+    return _decoding(lambda e: e.ctx_info, data)

@@ -6,6 +6,7 @@ model is exported (:mod:`pgolf.artifact`), reloaded into a fresh model on every 
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import time
@@ -17,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from pgolf.artifact.export import export_model, load_exported
-from pgolf.config import RunConfig
+from pgolf.config import RunConfig, TrainConfig
 from pgolf.data.build import build_embedded_dataset
 from pgolf.data.loader import TokenLoader
 from pgolf.data.shards import load_tokens
@@ -27,6 +28,7 @@ from pgolf.eval.modes import evaluate_modes, result_lines
 from pgolf.eval.scoring import Score
 from pgolf.model.gpt import GPT
 from pgolf.optim.optimizers import Optimizers
+from pgolf.quant.calibrate import calibration_batches, collect_hessians, gptq_seconds
 from pgolf.quant.qat import enable_qat, qat_state_at, set_qat_state
 from pgolf.train.checkpoint import load_checkpoint, save_checkpoint
 from pgolf.train.loop import LoopHooks, LoopResult, Trainer, TrainingError
@@ -134,6 +136,7 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
     loader = TokenLoader(cfg.data.train_glob, rank=env.rank, world_size=env.world_size, seed=0)
 
     model = GPT(cfg.model).to(device=device, dtype=torch.float32)  # the official layout: fp32 weights
+    t_cfg = _reserve_calibration_time(cfg, model, loader, device, log)
     qat_on = cfg.quant.qat_start_frac >= 0
     if qat_on:
         enable_qat(model, cfg.quant, impl=t_cfg.kernels)
@@ -168,18 +171,51 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
         log.line(f"resumed from {ckpt_path} at step {trainer.step} (train_time:{trainer.train_ms:.0f}ms)")
     result = trainer.run()
     pre = val.validate(model, result.step, result.train_ms, True)
-    return _export_and_score(cfg, env, device, model, log, val, pre, result)
+    return _export_and_score(cfg, env, device, model, log, val, pre, result, loader)
+
+
+def _calibration_input(cfg: RunConfig, loader: TokenLoader, first_step: int) -> list[torch.Tensor]:
+    t = cfg.train
+    return calibration_batches(loader, cfg.quant.gptq_batches, first_step=first_step, seq_len=t.seq_len,
+                               batch_tokens=min(t.train_batch_tokens, t.micro_batch_tokens))
+
+
+def _reserve_calibration_time(cfg: RunConfig, model: GPT, loader: TokenLoader, device: torch.device,
+                              log: RunLog) -> TrainConfig:
+    """The training settings with the wall-clock cap lowered by the GPTQ calibration's cost, measured
+    now on the initial weights (x1.25), so that training + calibration fit in the cap."""
+    t = cfg.train
+    if cfg.quant.method != "gptq" or t.max_wallclock_seconds <= 0:
+        return t
+    need_s = 1.25 * gptq_seconds(model, cfg.quant, _calibration_input(cfg, loader, 0), device=device)
+    if need_s >= t.max_wallclock_seconds:
+        raise TrainingError(f"GPTQ calibration needs about {need_s:.1f}s (measured), which leaves no training time "
+                            f"under train.max_wallclock_seconds={t.max_wallclock_seconds:g}; lower "
+                            f"quant.gptq_batches or raise the cap")
+    log.line(f"gptq_reserve: {need_s:.1f}s of the {t.max_wallclock_seconds:g}s cap kept for calibration")
+    return dataclasses.replace(t, max_wallclock_seconds=t.max_wallclock_seconds - need_s)
 
 
 def _export_and_score(cfg: RunConfig, env: DistEnv, device: torch.device, model: GPT, log: RunLog, val: _ValData,
-                      pre: Score, trained: LoopResult) -> dict[str, Any]:
-    """Export on rank 0, reload into a fresh model on every rank, score it, write the report."""
+                      pre: Score, trained: LoopResult, loader: TokenLoader) -> dict[str, Any]:
+    """Calibrate (GPTQ) and export on rank 0, reload into a fresh model on every rank, score it, write
+    the report."""
     run_dir = Path(cfg.train.run_dir)
     artifact = run_dir / "model.pgolf"
-    report = None
+    report, calib_ms = None, 0.0
     if env.master:
+        t0 = time.perf_counter()
+        hessians = (collect_hessians(model, _calibration_input(cfg, loader, trained.step), device=device)
+                    if cfg.quant.method == "gptq" else None)
         report = export_model(model, cfg.quant, artifact, allow_oversize=cfg.train.allow_oversize,
-                              meta={"step": trained.step, "name": cfg.name})
+                              meta={"step": trained.step, "name": cfg.name}, hessians=hessians)
+        if hessians is not None:
+            calib_ms = 1000.0 * (time.perf_counter() - t0)
+            fallbacks = {n: m for n, m in report.methods.items() if m != "gptq"}
+            log.line(f"gptq: {sum(m == 'gptq' for m in report.methods.values())} matrices, "
+                     f"{len(fallbacks)} by round-to-nearest{': ' + '; '.join(f'{n}: {m}' for n, m in fallbacks.items()) if fallbacks else ''}")
+            log.line(f"train_plus_calibration:{trained.train_ms + calib_ms:.0f}ms (training {trained.train_ms:.0f}ms, "
+                     f"calibration + GPTQ {calib_ms:.0f}ms, cap {1000 * cfg.train.max_wallclock_seconds:.0f}ms)")
         log.line(f"Serialized model {cfg.quant.codec}: {report.bytes_model} bytes")
         log.line(f"Code size: {report.bytes_code} bytes")
         log.line(f"Total submission size: {report.bytes_total} bytes (cap 16000000)")
@@ -203,6 +239,7 @@ def _export_and_score(cfg: RunConfig, env: DistEnv, device: torch.device, model:
               "pre_export_val_loss": pre.loss, "pre_export_val_bpb": pre.bpb,
               "quant_gap_bpb": post.bpb - pre.bpb, "val_tokens": post.tokens, "val_bytes": post.bytes,
               "steps": trained.step, "train_time_ms": round(trained.train_ms), "stop_reason": trained.stop_reason,
+              "quant_method": cfg.quant.method, "calibration_ms": round(calib_ms),
               "world_size": env.world_size, "device": str(device),
               "date": time.strftime("%Y-%m-%d", time.gmtime())}
     if env.master:

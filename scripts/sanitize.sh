@@ -24,7 +24,7 @@ fi
 # libstdc++ is preloaded too: ASan intercepts __cxa_throw only if it is there when ASan starts.
 preload="$libasan $(${CXX:-g++} -print-file-name=libstdc++.so)"
 tests=()
-for t in test_bitpack test_rans test_codec_fuzz test_artifact; do
+for t in test_bitpack test_rans test_codec_ctx test_codec_fuzz test_artifact; do
     [ -f "tests/$t.py" ] && tests+=("tests/$t.py")
 done
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1

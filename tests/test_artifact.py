@@ -1,5 +1,6 @@
-"""pgolf.artifact: golden bytes of the v2 format (and reading v1), round trips for every codec,
-joint rANS payloads, and every corruption the loader must name."""
+"""pgolf.artifact: golden bytes of the v3 and v2 formats (and reading v1), round trips for every
+codec and version, joint rANS and context-coded payloads, the side stream, v3 never larger than
+v2, and every corruption the loader must name."""
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ from pgolf.artifact.format import MAGIC, ArtifactError, load_artifact, save_arti
 from pgolf.quant.qtensor import QTensor
 
 GOLDEN = Path(__file__).parent / "golden" / "artifact_v2.pgolf"
+GOLDEN_V3 = Path(__file__).parent / "golden" / "artifact_v3.pgolf"
 GOLDEN_V1 = Path(__file__).parent / "golden" / "artifact_v1.pgolf"
 
 
@@ -50,12 +52,14 @@ def assert_same(a, b):
         assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
 
 
-def test_golden_bytes_pin_the_format(tmp_path):
+@pytest.mark.parametrize("version", [2, 3])
+def test_golden_bytes_pin_the_format(tmp_path, version):
+    golden = {2: GOLDEN, 3: GOLDEN_V3}[version]
     config, tensors, meta = golden_inputs()
-    info = save_artifact(tmp_path / "a.pgolf", config=config, tensors=tensors, meta=meta)
-    assert (tmp_path / "a.pgolf").read_bytes() == GOLDEN.read_bytes(), "artifact format changed: a visible decision"
-    assert info.total_bytes == os.path.getsize(tmp_path / "a.pgolf") == GOLDEN.stat().st_size
-    art = load_artifact(GOLDEN, expected={k: tuple(v.shape) for k, v in tensors.items()})
+    info = save_artifact(tmp_path / "a.pgolf", config=config, tensors=tensors, meta=meta, version=version)
+    assert (tmp_path / "a.pgolf").read_bytes() == golden.read_bytes(), "artifact format changed: a visible decision"
+    assert info.total_bytes == os.path.getsize(tmp_path / "a.pgolf") == golden.stat().st_size
+    art = load_artifact(golden, expected={k: tuple(v.shape) for k, v in tensors.items()})
     assert art.config == config and art.meta == meta and list(art.tensors) == list(tensors)
     for name, t in tensors.items():
         assert_same(art.tensors[name], t)
@@ -87,7 +91,7 @@ def test_joint_payload_of_many_small_tensors_is_smaller_and_exact(tmp_path):
     tensors = {f"w{i}": qtensor((64 * (1 + i % 3), 128), 6, 20 + i) for i in range(8)}
     tensors["w5bits"] = qtensor((32, 64), 5, 40)
     tensors["odd"] = qtensor((16, 48), 6, 41)  # cols not a multiple of 64: its own stream
-    info = save_artifact(tmp_path / "m.pgolf", config={}, tensors=tensors)
+    info = save_artifact(tmp_path / "m.pgolf", config={}, tensors=tensors, version=2)
     data = (tmp_path / "m.pgolf").read_bytes()
     header = json.loads(data[16:16 + struct.unpack_from("<I", data, 12)[0]])
     codecs = {e["name"]: e["codes"]["codec"] for e in header["tensors"]}
@@ -100,8 +104,9 @@ def test_joint_payload_of_many_small_tensors_is_smaller_and_exact(tmp_path):
         assert_same(art.tensors[name], t)
 
 
+@pytest.mark.parametrize("version", [2, 3])
 @pytest.mark.parametrize("codec", ["rans", "zstd", "zlib", "raw"])
-def test_round_trip_every_codec_and_dtype(tmp_path, codec):
+def test_round_trip_every_codec_and_dtype(tmp_path, codec, version):
     tensors = {
         "wq": qtensor((48, 80), 6, 2), "w5": qtensor((33, 7), 5, 3, torch.float16), "w8": qtensor((8, 3, 5), 8, 4),
         "w_row": qtensor((1, 64), 4, 5), "w_empty": QTensor(codes=torch.zeros(0, 4, dtype=torch.int8),
@@ -114,7 +119,8 @@ def test_round_trip_every_codec_and_dtype(tmp_path, codec):
         "big_smooth": torch.zeros(4096),
     }
     path = tmp_path / "model.pgolf"
-    info = save_artifact(path, config={"vocab_size": 1024}, tensors=tensors, codec=codec, meta={"run": "t"})
+    info = save_artifact(path, config={"vocab_size": 1024}, tensors=tensors, codec=codec, meta={"run": "t"},
+                         version=version)
     assert info.total_bytes == os.path.getsize(path)
     assert set(info.tensor_bytes) == set(tensors) and sum(info.tensor_bytes.values()) < info.total_bytes
     assert os.listdir(tmp_path) == ["model.pgolf"]  # no temporary file left behind
@@ -134,6 +140,8 @@ def test_rans_beats_zlib_and_overwrites_atomically(tmp_path):
 
 def test_bad_arguments(tmp_path):
     _, tensors, _ = golden_inputs()
+    with pytest.raises(ValueError, match="version must be one of"):
+        save_artifact(tmp_path / "x.pgolf", config={}, tensors=tensors, version=1)
     with pytest.raises(ValueError, match="codec must be one of"):
         save_artifact(tmp_path / "a", config={}, tensors=tensors, codec="brotli")
     with pytest.raises(ValueError, match="JSON"):
@@ -161,7 +169,7 @@ def test_corruption_is_named(tmp_path):
     hlen = struct.unpack_from("<I", good, 12)[0]
     cases = [
         (b"NOTPGOLF" + good[8:], "bad magic"),
-        (good[:8] + struct.pack("<I", 3) + good[12:], "unsupported artifact format version 3"),
+        (good[:8] + struct.pack("<I", 4) + good[12:], "unsupported artifact format version 4"),
         (good[:10], "truncated"),
         (good[:16 + hlen // 2], "truncated"),
         (good[:16 + hlen + 5], "truncated"),
@@ -238,3 +246,150 @@ def test_expected_names_and_shapes(tmp_path):
     wrong = dict(shapes, **{"blocks.0.attn.qkv.weight": (16, 12)})
     with pytest.raises(ArtifactError, match=r"'blocks.0.attn.qkv.weight' has shape \(12, 16\), expected \(16, 12\)"):
         load_artifact(GOLDEN, expected=wrong)
+
+
+def v3_index(data):
+    hlen = struct.unpack_from("<I", data, 12)[0]
+    method, blob = data[16], data[17:16 + hlen]
+    raw = {0: lambda b: b, 1: lambda b: __import__("zstandard").ZstdDecompressor().decompress(b),
+           2: __import__("lzma").decompress}[method](blob)
+    return hlen, json.loads(raw)
+
+
+def test_v3_layout_index_side_stream_and_checksum():
+    data = GOLDEN_V3.read_bytes()
+    magic, version, _ = struct.unpack_from("<8sII", data)
+    assert (magic, version) == (MAGIC, 3)
+    hlen, header = v3_index(data)
+    assert len(data) == 16 + hlen + header["payload_bytes"] + 32
+    assert hashlib.sha256(data[:-32]).digest() == data[-32:]
+    side = header["side"]
+    assert side["size"] == sum(e.get("scale", e.get("data"))["length"] for e in header["tensors"])
+    offsets = [e.get("scale", e.get("data"))["offset"] for e in header["tensors"]]
+    assert offsets == sorted(offsets) and all(e.get("scale", e.get("data"))["codec"] == "side" for e in header["tensors"])
+
+
+def test_v3_side_regions_are_byte_planes():
+    config, tensors, meta = golden_inputs()
+    data = GOLDEN_V3.read_bytes()
+    hlen, header = v3_index(data)
+    side = header["side"]
+    payload = data[16 + hlen + side["offset"]:16 + hlen + side["offset"] + side["length"]]
+    import lzma
+    import zlib
+
+    import zstandard
+    raw = {"raw": lambda b: b, "zstd": zstandard.ZstdDecompressor().decompress, "lzma": lzma.decompress,
+           "zlib": zlib.decompress}[side["codec"]](payload)
+    e = header["tensors"][0]
+    region = raw[e["scale"]["offset"]:e["scale"]["offset"] + e["scale"]["length"]]
+    scale = tensors[e["name"]].scale.numpy().view(np.uint8)
+    want = scale.reshape(-1, 2).T.tobytes() if side["shuffle"] else scale.tobytes()
+    assert region == want
+
+
+def test_v3_context_codes_a_role_across_layers(tmp_path):
+    """Near-duplicate rows (one role over four layers): v3 stores them context-coded, one payload,
+    far below v2, exactly."""
+    rng = np.random.default_rng(8)
+    protos = rng.integers(-20, 21, (8, 64))
+    tensors = {}
+    for layer in range(4):
+        codes = np.clip(protos[rng.integers(0, 8, 48)] + rng.integers(-1, 2, (48, 64)), -31, 31).astype(np.int8)
+        tensors[f"blocks.{layer}.mlp.fc.weight"] = QTensor(
+            codes=torch.from_numpy(codes), scale=torch.full((48,), 0.01, dtype=torch.float16), bits=6,
+            shape=(48, 64), dtype=torch.float32)
+    tensors["blocks.0.attn.c_q.weight"] = qtensor((32, 64), 6, 3)
+    v2 = save_artifact(tmp_path / "v2.pgolf", config={}, tensors=tensors, version=2)
+    v3 = save_artifact(tmp_path / "v3.pgolf", config={}, tensors=tensors)
+    _, header = v3_index((tmp_path / "v3.pgolf").read_bytes())
+    refs = {e["name"]: e["codes"] for e in header["tensors"]}
+    assert len({json.dumps(refs[f"blocks.{i}.mlp.fc.weight"]) for i in range(4)}) == 1
+    assert refs["blocks.0.mlp.fc.weight"]["codec"] == "ctx"
+    assert v3.total_bytes < 0.7 * v2.total_bytes
+    assert sum(v3.tensor_bytes.values()) == header["payload_bytes"]
+    art = load_artifact(tmp_path / "v3.pgolf", expected={k: tuple(v.shape) for k, v in tensors.items()})
+    for name, t in tensors.items():
+        assert_same(art.tensors[name], t)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_v3_never_larger_than_v2(tmp_path, seed):
+    """Random sets of tensors (widths, shapes, roles, float tensors): v3 <= v2, byte for byte counted."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for i in range(int(rng.integers(1, 7))):
+        bits = int(rng.choice([4, 5, 6, 8]))
+        shape = (int(rng.integers(1, 40)), int(rng.choice([7, 64, 128])))
+        tensors[f"blocks.{i % 3}.{rng.choice(['attn', 'mlp'])}.w"] = qtensor(shape, bits, seed * 10 + i)
+    tensors["scalars"] = torch.from_numpy(rng.standard_normal(int(rng.integers(1, 50))).astype(np.float32))
+    for codec in ("rans", "zstd"):
+        v2 = save_artifact(tmp_path / "v2.pgolf", config={"seed": seed}, tensors=tensors, codec=codec, version=2)
+        v3 = save_artifact(tmp_path / "v3.pgolf", config={"seed": seed}, tensors=tensors, codec=codec)
+        assert v3.total_bytes <= v2.total_bytes, (codec, v3.total_bytes, v2.total_bytes)
+        art = load_artifact(tmp_path / "v3.pgolf")
+        for name, t in tensors.items():
+            assert_same(art.tensors[name], t)
+
+
+def test_v3_corruption_behind_a_valid_checksum_is_named(tmp_path):
+    good = GOLDEN_V3.read_bytes()
+    hlen, header = v3_index(good)
+
+    def with_header(mutate):
+        h = json.loads(json.dumps(header))
+        mutate(h)
+        hb = b"\0" + json.dumps(h, sort_keys=True, separators=(",", ":")).encode()
+        return resealed(good[:12] + struct.pack("<I", len(hb)) + hb + good[16 + hlen:])
+
+    def side_size(h):
+        h["side"]["size"] += 1
+
+    def side_bounds(h):
+        h["side"]["offset"] = 10 ** 6
+
+    def scale_region(h):
+        h["tensors"][0]["scale"]["offset"] = h["side"]["size"]
+
+    def odd_region(h):
+        h["tensors"][0]["scale"]["length"] = 3
+
+    def no_side(h):
+        del h["side"]
+
+    for mutate, message in [(side_size, "side stream: .* header says"), (side_bounds, "side stream payload"),
+                            (scale_region, "scale in the side stream payload"),
+                            (odd_region, "not whole 2-byte items"), (no_side, "header field 'side' missing")]:
+        with pytest.raises(ArtifactError, match=message):
+            load_artifact(corrupt(tmp_path, with_header(mutate)))
+    bad_method = resealed(good[:16] + b"\x07" + good[17:])
+    with pytest.raises(ArtifactError, match="header is not a valid artifact header"):
+        load_artifact(corrupt(tmp_path, bad_method))
+
+
+def test_v3_corrupt_context_payload_is_named(tmp_path):
+    tensors = {f"blocks.{i}.mlp.fc.weight": qtensor((24, 64), 6, 50 + i) for i in range(3)}
+    rng = np.random.default_rng(9)
+    protos = rng.integers(-20, 21, (4, 64))
+    for name in tensors:
+        tensors[name].codes.copy_(torch.from_numpy(protos[rng.integers(0, 4, 24)].astype(np.int8)))
+    save_artifact(tmp_path / "m.pgolf", config={}, tensors=tensors)
+    good = (tmp_path / "m.pgolf").read_bytes()
+    hlen, header = v3_index(good)
+    assert len(header["ctx"]) == 1
+    ref = header["ctx"][0]
+    cut = bytearray(good)
+    del cut[16 + hlen + ref["offset"] + ref["length"] - 2]  # one payload byte short ...
+    cut[16 + hlen + header["side"]["offset"] - 1:16 + hlen + header["side"]["offset"] - 1] = b""
+    hb = json.loads(json.dumps(header))
+    hb["ctx"][0]["length"] -= 1
+    hb["side"]["offset"] -= 1
+    hb["payload_bytes"] -= 1
+    for e in hb["tensors"]:
+        if e["codes"].get("offset", 0) > ref["offset"]:
+            e["codes"]["offset"] -= 1
+    blob = b"\0" + json.dumps(hb, sort_keys=True, separators=(",", ":")).encode()
+    data = resealed(good[:12] + struct.pack("<I", len(blob)) + blob + bytes(cut[16 + hlen:]))
+    with pytest.raises(ArtifactError, match=r"context-coded payload 0 \(tensors 'blocks.0.mlp.fc.weight'.*\): "
+                                            r"context-coded stream"):
+        load_artifact(corrupt(tmp_path, data))

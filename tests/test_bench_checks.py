@@ -7,7 +7,9 @@ import torch
 
 from benchmarks import bench_fake_quant as fq_bench
 from benchmarks import bench_newton_schulz as ns_bench
+from benchmarks import bench_softcap_ce as ce_bench
 from triton_kernels import fake_quant as fq
+from triton_kernels._dispatch import triton_unavailable
 
 
 def test_fake_quant_check_accepts_bf16_contenders_at_full_reduction_lengths():
@@ -34,3 +36,17 @@ def test_newton_schulz_check_accepts_bf16_updates_at_record_shapes():
             for P, G, M in inputs]
     assert ns_bench.check(bf16, ref) is None
     assert "relative error" in ns_bench.check([u * 1.1 for u in bf16], ref)
+
+
+def test_softcap_ce_check_accepts_bf16_contenders_at_the_record_vocabulary():
+    logits, targets = ce_bench._make(8, 8192, torch.bfloat16)(torch.device("cpu"), 0)
+    ref = ce_bench.reference(logits, targets)
+    contenders = [ce_bench.torch_eager]
+    if triton_unavailable(logits) is None:  # the Triton path under the interpreter, bf16 stores truncated
+        contenders.append(ce_bench.pgolf_triton)
+    for contender in contenders:
+        assert ce_bench.check(contender(logits, targets), ref) is None, contender.__name__
+    loss, grad = ce_bench.torch_eager(logits, targets)
+    uncapped = torch.autograd.grad(torch.nn.functional.cross_entropy(logits.float(), targets), logits)[0]
+    assert "grad" in ce_bench.check((loss, uncapped), ref), "a gradient without the softcap's derivative"
+    assert "loss" in ce_bench.check((loss * 1.001, grad), ref)

@@ -99,3 +99,71 @@ def test_unpack_bits_rejects_wrong_lengths_and_never_overreads():
             continue
         assert y.shape == (count,) and len(data) == (count * bits + 7) // 8
         assert codec.pack_bits(y, bits) == data
+
+
+def ctx_corpus():
+    rng = np.random.default_rng(321)
+    out = []
+    for bits in (2, 5, 6, 8):
+        q = 2 ** (bits - 1) - 1
+        mats = [np.clip(np.round(rng.standard_normal(s) * q / 3), -q - 1, q).astype(np.int8)
+                for s in [(1, 1), (3, 17), (16, 40), (9, 4)]]
+        for flags in (None, 0, 1, 2, 3):
+            out.append(codec.ctx_encode(mats, bits, force_flags=flags))
+    protos = rng.integers(-20, 21, (4, 32))
+    out.append(codec.ctx_encode([protos[rng.integers(0, 4, 24)].astype(np.int8)], 6))
+    out += [codec.ctx_encode([], 6), codec.ctx_encode([np.zeros((0, 3), np.int8)], 6)]
+    return out
+
+
+def ctx_decode_or_codec_error(data):
+    try:
+        codec.ctx_info(data)
+    except codec.CodecError:
+        pass
+    try:
+        out = codec.ctx_decode(data, max_values=LIMIT)
+    except codec.CodecError:
+        return None
+    assert all(a.dtype == np.int8 and a.ndim == 2 for a in out) and sum(a.size for a in out) <= LIMIT
+    return out
+
+
+def test_ctx_every_truncation_and_trailing_bytes_raise_codec_error():
+    for data in ctx_corpus():
+        for n in range(len(data)):
+            with pytest.raises(codec.CodecError):
+                codec.ctx_decode(data[:n], max_values=LIMIT)
+        for extra in (b"\0", b"\x01\x02\x03\x04"):
+            with pytest.raises(codec.CodecError):
+                codec.ctx_decode(data + extra, max_values=LIMIT)
+
+
+def test_ctx_mutated_and_random_streams():
+    """Header mutations must be caught; a mutated arithmetic-coded payload may decode to other
+    values (it has no checksum: the artifact's SHA-256 covers that), but never crash or overrun."""
+    rng = np.random.default_rng(4048)
+    streams = ctx_corpus()
+    header_detected = header_total = 0
+    for _ in range(6000):
+        a = bytearray(streams[rng.integers(len(streams))])
+        kind = rng.integers(5)
+        if kind == 0:  # flip 1..3 bits anywhere
+            for _ in range(rng.integers(1, 4)):
+                i = rng.integers(len(a) * 8)
+                a[i // 8] ^= 1 << (i % 8)
+        elif kind == 1:  # flip a bit of the magic, version, bits or matrix count
+            i = rng.integers(min(len(a), 6) * 8)
+            a[i // 8] ^= 1 << (i % 8)
+            header_total += 1
+            header_detected += ctx_decode_or_codec_error(bytes(a)) is None
+            continue
+        elif kind == 2:  # splice two streams
+            b = streams[rng.integers(len(streams))]
+            a = a[:rng.integers(len(a) + 1)] + b[rng.integers(len(b) + 1):]
+        elif kind == 3:  # random bytes after a valid head
+            a = a[:rng.integers(3, 12)] + bytearray(rng.integers(0, 256, rng.integers(0, 200), dtype=np.uint8))
+        else:  # pure garbage behind the magic
+            a = bytearray(b"PGC\x01") + bytearray(rng.integers(0, 256, rng.integers(0, 64), dtype=np.uint8))
+        ctx_decode_or_codec_error(bytes(a))
+    assert header_detected > 0.9 * header_total, (header_detected, header_total)

@@ -6,7 +6,7 @@ needed to rebuild and run it: the ``pgolf`` and ``triton_kernels`` Python source
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,11 +41,13 @@ def code_bytes() -> int:
 
 @dataclass(frozen=True)
 class ExportReport:
-    """Where an artifact was written and its size accounting (decimal bytes)."""
+    """Where an artifact was written, its size accounting (decimal bytes) and how each quantised
+    matrix was rounded (``{name: "rtn" | "gptq" | "rtn (GPTQ fallback: ...)"}``)."""
 
     path: Path
     bytes_model: int
     bytes_code: int
+    methods: dict = field(default_factory=dict)
 
     @property
     def bytes_total(self) -> int:
@@ -57,17 +59,19 @@ class ExportReport:
 
 
 def export_model(model: GPT, qcfg: QuantConfig, path: str | Path, *, allow_oversize: bool = False,
-                 meta: dict | None = None) -> ExportReport:
-    """Quantise ``model`` per ``qcfg``, write the artifact, and account its size.
+                 meta: dict | None = None, hessians: dict | None = None) -> ExportReport:
+    """Quantise ``model`` per ``qcfg`` (GPTQ for the matrices in ``hessians``), write the artifact,
+    and account its size.
 
     Raises :class:`OversizeError` when over the cap unless ``allow_oversize``; the file is kept
     either way so the work is not lost.
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    entries = quantize_state_dict(state, qcfg, parameter_roles(model))
+    methods: dict[str, str] = {}
+    entries = quantize_state_dict(state, qcfg, parameter_roles(model), hessians=hessians, report=methods)
     config = {"model": model.cfg.__dict__, "quant": qcfg.__dict__}
     save_artifact(path, config=config, tensors=entries, codec=qcfg.codec, meta=meta or {})
-    report = ExportReport(Path(path), Path(path).stat().st_size, code_bytes())
+    report = ExportReport(Path(path), Path(path).stat().st_size, code_bytes(), methods)
     if not report.fits and not allow_oversize:
         raise OversizeError(
             f"artifact {path} is {report.bytes_model:,} bytes + code {report.bytes_code:,} bytes = "

@@ -1,19 +1,22 @@
 """The model artifact: one checked file holding config, metadata and every tensor.
 
-File layout (version 2; integers little-endian; pinned by ``tests/golden/artifact_v2.pgolf``)::
+File layout (integers little-endian; version 3 pinned by ``tests/golden/artifact_v3.pgolf``,
+version 2 by ``tests/golden/artifact_v2.pgolf``; versions 1 and 2 are still read)::
 
     offset         size  field
     0              8     magic b"PGOLFART"
-    8              4     uint32 format version (2; version 1 files are still read)
-    12             4     uint32 H, bytes of the JSON header
-    16             H     JSON header, UTF-8, sorted keys, no whitespace
+    8              4     uint32 format version (3)
+    12             4     uint32 H, bytes of the header
+    16             H     header: version 3: one method byte (0 raw, 1 zstd-22, 2 lzma) and the
+                         JSON index through it; versions 1-2: the JSON itself. JSON: UTF-8,
+                         sorted keys, no whitespace
     16 + H         P     payloads, back to back (P = header["payload_bytes"])
     16 + H + P     32    SHA-256 of every byte before it
 
-The header is ``{"config": {...}, "joint": [payload, ...], "meta": {...}, "payload_bytes": P,
-"tensors": [entry, ...]}`` with entries in insertion order (``joint`` is new in version 2; a
-version 1 header has none). Every entry has ``name``, ``shape`` (the tensor's own shape),
-``dtype`` (``"float32"``, ``"bfloat16"``, ``"int64"``, ...) and ``kind``:
+The index is ``{"config": {...}, "meta": {...}, "payload_bytes": P, "tensors": [entry, ...],
+"joint": [payload, ...], "ctx": [payload, ...], "side": side}`` with entries in insertion order
+(``joint`` is new in version 2, ``ctx`` and ``side`` in version 3). Every entry has ``name``,
+``shape`` (the tensor's own shape), ``dtype`` (``"float32"``, ``"bfloat16"``, ...) and ``kind``:
 
 * ``"raw"``: stored losslessly in its dtype (little-endian bytes, C order), one payload ``data``;
 * ``"q"``: a :class:`~pgolf.quant.qtensor.QTensor`: ``bits``, ``rows``, ``cols`` and two payloads,
@@ -21,22 +24,38 @@ version 1 header has none). Every entry has ``name``, ``shape`` (the tensor's ow
 
 A payload is ``{"codec": c, "offset": o, "length": n}``, ``o`` counted from the start of the
 payload section. Codecs: ``"rans"`` (:func:`pgolf.codec.rans_encode`, codes only), ``"zstd"``
-(level 22), ``"zlib"`` (level 9) and ``"raw"`` (the bytes themselves; for codes one byte per
-value). With ``codec="zstd"``/``"zlib"`` codes are one byte per value through that compressor;
-with ``codec="rans"`` codes use the rANS coder and the other payloads zstd. Any payload that a
-compressor would make larger is stored ``"raw"`` instead.
+(level 22), ``"zlib"`` (level 9), ``"lzma"`` (version 3, side stream only) and ``"raw"`` (the
+bytes themselves; for codes one byte per value). With ``codec="zstd"``/``"zlib"`` codes are one
+byte per value through that compressor; with ``codec="rans"`` codes use the entropy coders.
 
-Joint payloads (version 2, ``codec="rans"``): the QTensors of one bit width whose ``cols`` are
+Joint payloads (version 2+, ``codec="rans"``): QTensors of one bit width whose ``cols`` are
 multiples of :data:`pgolf.codec.MIN_PIECE` may share one :func:`pgolf.codec.rans_encode_set`
-stream, ``header["joint"][j]`` (a ``"rans"`` payload), when that is smaller than a stream each.
-Their ``codes`` are then ``{"codec": "joint", "joint": j}``; the stream holds the codes of every
-entry referring to ``j``, in header order, concatenated (:func:`pgolf.codec.rans_decode_set`).
+stream, ``header["joint"][j]`` (a ``"rans"`` payload). Their ``codes`` are then
+``{"codec": "joint", "joint": j}``; the stream holds the codes of every entry referring to ``j``,
+in header order, concatenated (:func:`pgolf.codec.rans_decode_set`).
+
+Context-coded payloads (version 3, ``codec="rans"``): ``header["ctx"][j]`` is a
+:func:`pgolf.codec.ctx_encode` stream of the codes of every entry whose ``codes`` are
+``{"codec": "ctx", "ctx": j}``, in header order, one matrix each. The writer groups QTensors by
+bit width and role (the name without its layer numbers: ``blocks.3.mlp.fc.weight`` ->
+``blocks.mlp.fc.weight``) and, per bit width, keeps the smaller of version 2's coding (one
+rANS set of all of them) and, role by role, the smaller of a context-coded stream and a rANS set.
+
+Side stream (version 3): every scale and every ``"raw"`` tensor's bytes are one stream,
+``header["side"] = {"codec": c, "offset": o, "length": n, "size": m, "shuffle": b}``: decoded
+through ``c`` it has ``m`` bytes; an entry's ``scale`` or ``data`` is then ``{"codec": "side",
+"offset": o, "length": n}`` into it. With ``shuffle`` each such region is stored byte-plane by
+byte-plane (all first bytes of its items, then all second bytes, ...; item size = its dtype's).
+The writer keeps the smallest of its compressors, shuffled or not.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import lzma
 import math
+import re
 import os
 import struct
 import zlib
@@ -52,9 +71,12 @@ from pgolf.quant.qtensor import QTensor
 from pgolf.util.atomic import atomic_write_bytes
 
 MAGIC = b"PGOLFART"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+WRITABLE_VERSIONS = (2, 3)
 CODECS = (*_codec.COMPRESSORS, "raw")
+_HEADER_METHODS = ("raw", "zstd", "lzma")
+_MAX_INDEX = 1 << 26  # bytes a compressed index may expand to
 _PREFIX = struct.Struct("<8sII")
 _DIGEST = 32
 _DTYPES = {name: getattr(torch, name) for name in (
@@ -100,6 +122,8 @@ def _compress(data: bytes, codec: str) -> tuple[str, bytes]:
         packed = zstandard.ZstdCompressor(level=22).compress(data)
     elif codec == "zlib":
         packed = zlib.compress(data, 9)
+    elif codec == "lzma":
+        packed = lzma.compress(data, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
     else:
         return "raw", data
     return (codec, packed) if len(packed) < len(data) else ("raw", data)
@@ -109,31 +133,209 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
+def _planes(data: bytes, itemsize: int, inverse: bool = False) -> bytes:
+    """Byte-plane shuffle of ``itemsize``-byte items (or its inverse)."""
+    if itemsize == 1 or not data:
+        return data
+    a = np.frombuffer(data, np.uint8)
+    return (a.reshape(itemsize, -1).T if inverse else a.reshape(-1, itemsize).T).tobytes()
+
+
+def role(name: str) -> str:
+    """A tensor's role: its name without layer numbers (``blocks.3.mlp.fc.weight`` -> ``blocks.mlp.fc.weight``)."""
+    return re.sub(r"\.\d+(?=\.|$)", "", name)
+
+
+class _Payloads:
+    """The payload section being written: ``add`` appends a blob and returns its reference."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.offset = 0
+
+    def add(self, blob: bytes, codec: str) -> dict:
+        self.chunks.append(blob)
+        ref = {"codec": codec, "offset": self.offset, "length": len(blob)}
+        self.offset += len(blob)
+        return ref
+
+
+def _rans_set_size(joint: bytes | None, own: list[bytes | None]) -> int:
+    return (len(joint) if joint is not None else 0) + sum(len(s) for s in own if s is not None)
+
+
+def _code_plan(tensors: Mapping[str, QTensor]) -> list[tuple[str, list[str], Any]]:
+    """How version 3 codes the QTensors: ``(method, names, data)`` items, method ``"ctx"`` (data:
+    one stream), ``"rans"`` (data: ``(joint, own)`` of :func:`pgolf.codec.rans_encode_set`). Per
+    bit width the smaller of one rANS set of all (version 2's coding) and per role the smaller
+    of a context-coded stream and a rANS set; every byte of each candidate counted."""
+    widths: dict[int, list[str]] = {}
+    for name, t in tensors.items():
+        widths.setdefault(t.bits, []).append(name)
+    plan = []
+    for bits, names in widths.items():
+        def rans_set(ns):
+            return _codec.rans_encode_set([tensors[n].codes.detach().cpu() for n in ns], bits,
+                                          scales=[tensors[n].scale for n in ns])
+        whole = rans_set(names)
+        by_role: dict[str, list[str]] = {}
+        for n in names:
+            by_role.setdefault(role(n), []).append(n)
+        parts, size = [], 0
+        for ns in by_role.values():
+            ctx = _codec.ctx_encode([tensors[n].codes.detach().cpu() for n in ns], bits)
+            rs = rans_set(ns) if len(by_role) > 1 else whole
+            if len(ctx) < _rans_set_size(*rs):
+                parts.append(("ctx", ns, ctx))
+                size += len(ctx)
+            else:
+                parts.append(("rans", ns, rs))
+                size += _rans_set_size(*rs)
+        plan += parts if size < _rans_set_size(*whole) else [("rans", names, whole)]
+    return plan
+
+
+def _share(total: int, weights: list[int]) -> list[int]:
+    """``total`` shared out in proportion to ``weights`` (the last one takes the rounding)."""
+    out, given, w = [], 0, sum(weights) or 1
+    for i, k in enumerate(weights):
+        part = total - given if i == len(weights) - 1 else total * k // w
+        out.append(part)
+        given += part
+    return out
+
+
+def _layout_v2(tensors: Mapping[str, QTensor | torch.Tensor], codec: str, out: _Payloads) -> tuple[dict, dict[str, int]]:
+    """Version 2's index fields and payloads: per-tensor scales and raw tensors, one rANS set per bit width."""
+    side = "zstd" if codec == "rans" else codec  # how scales and raw tensors are compressed
+    entries, sizes, codes_refs = [], {}, {}
+
+    def payload(data: bytes, how: str) -> dict:
+        name, blob = ("rans", data) if how == "rans" else _compress(data, how)
+        return out.add(blob, name)
+
+    if codec == "rans":
+        widths: dict[int, list[str]] = {}
+        for name, t in tensors.items():
+            if isinstance(t, QTensor):
+                widths.setdefault(t.bits, []).append(name)
+        joints = []
+        for bits, names in widths.items():
+            joint, own = _codec.rans_encode_set([tensors[n].codes.detach().cpu() for n in names], bits,
+                                                scales=[tensors[n].scale for n in names])
+            codes_refs.update((n, s) for n, s in zip(names, own) if s is not None)
+            members = [n for n, s in zip(names, own) if s is None]
+            if joint is not None:
+                for n, share in zip(members, _share(len(joint), [tensors[n].codes.numel() for n in members])):
+                    codes_refs[n] = ({"codec": "joint", "joint": len(joints)}, share)
+                joints.append(payload(joint, "rans"))
+    for name, t in tensors.items():
+        start = out.offset
+        if isinstance(t, QTensor):
+            rows, cols = t.codes.shape
+            ref = codes_refs.get(name)
+            if isinstance(ref, tuple):
+                codes_ref, start = ref[0], start - ref[1]
+            else:
+                blob = ref if codec == "rans" else t.codes.detach().cpu().contiguous().numpy().tobytes()
+                codes_ref = payload(blob, codec)
+            entry = {"name": name, "kind": "q", "shape": list(t.shape), "dtype": _dtype_name(t.dtype),
+                     "bits": t.bits, "rows": rows, "cols": cols,
+                     "codes": codes_ref, "scale": payload(_tensor_bytes(t.scale), side)}
+        else:
+            entry = {"name": name, "kind": "raw", "shape": list(t.shape), "dtype": _dtype_name(t.dtype),
+                     "data": payload(_tensor_bytes(t), side)}
+        entries.append(entry)
+        sizes[name] = out.offset - start
+    return {"joint": joints if codec == "rans" else [], "tensors": entries}, sizes
+
+
+def _side_stream(regions: list[tuple[bytes, int]], codec: str) -> tuple[dict, bytes]:
+    """Version 3's side stream of ``(bytes, itemsize)`` regions: ``(header fields, payload)``,
+    the smallest of the allowed compressors, byte-plane shuffled or not."""
+    methods = ("zstd", "lzma", "zlib") if codec == "rans" else (codec,)
+    best = None
+    for shuffle in (False, True):
+        data = b"".join(_planes(b, k) if shuffle else b for b, k in regions)
+        for m in methods:
+            name, blob = _compress(data, m)
+            if best is None or len(blob) < len(best[1]):
+                best = ({"codec": name, "size": len(data), "shuffle": shuffle}, blob)
+    return best
+
+
+def _layout_v3(tensors: Mapping[str, QTensor | torch.Tensor], codec: str, out: _Payloads) -> tuple[dict, dict[str, int]]:
+    """Version 3's index fields and payloads (see the module docstring); per-tensor byte shares."""
+    qs = {n: t for n, t in tensors.items() if isinstance(t, QTensor)}
+    codes_refs: dict[str, tuple[dict, int]] = {}  # name -> (codes reference, its share of payload bytes)
+    joints, ctxs = [], []
+    for method, names, data in (_code_plan(qs) if codec == "rans" else []):
+        numels = [qs[n].codes.numel() for n in names]
+        if method == "ctx":
+            for n, share in zip(names, _share(len(data), numels)):
+                codes_refs[n] = ({"codec": "ctx", "ctx": len(ctxs)}, share)
+            ctxs.append(out.add(data, "ctx"))
+            continue
+        joint, own = data
+        members = [n for n, s in zip(names, own) if s is None]
+        for n, s in zip(names, own):
+            if s is not None:
+                codes_refs[n] = (out.add(s, "rans"), len(s))
+        if joint is not None:
+            for n, share in zip(members, _share(len(joint), [qs[n].codes.numel() for n in members])):
+                codes_refs[n] = ({"codec": "joint", "joint": len(joints)}, share)
+            joints.append(out.add(joint, "rans"))
+    for name, t in qs.items():
+        if name not in codes_refs:
+            c, blob = _compress(t.codes.detach().cpu().contiguous().numpy().tobytes(), codec)
+            codes_refs[name] = (out.add(blob, c), len(blob))
+
+    regions, entries = [], []
+    for name, t in tensors.items():
+        src = t.scale if isinstance(t, QTensor) else t
+        blob = _tensor_bytes(src)
+        ref = {"codec": "side", "offset": sum(len(b) for b, _ in regions), "length": len(blob)}
+        regions.append((blob, src.element_size()))
+        if isinstance(t, QTensor):
+            rows, cols = t.codes.shape
+            entries.append({"name": name, "kind": "q", "shape": list(t.shape), "dtype": _dtype_name(t.dtype),
+                            "bits": t.bits, "rows": rows, "cols": cols, "codes": codes_refs[name][0], "scale": ref})
+        else:
+            entries.append({"name": name, "kind": "raw", "shape": list(t.shape), "dtype": _dtype_name(t.dtype),
+                            "data": ref})
+    side, blob = _side_stream(regions, codec)
+    side.update(out.add(blob, side["codec"]))
+    side_shares = _share(len(blob), [len(b) for b, _ in regions])
+    sizes = {n: codes_refs[n][1] if n in codes_refs else 0 for n in tensors}
+    for n, share in zip(tensors, side_shares):
+        sizes[n] += share
+    return {"ctx": ctxs, "joint": joints, "side": side, "tensors": entries}, sizes
+
+
+def _header_blob(header: bytes) -> bytes:
+    """Version 3's header field: a method byte and the JSON index, raw or compressed, the smallest."""
+    import zstandard
+    options = [header, zstandard.ZstdCompressor(level=22).compress(header),
+               lzma.compress(header, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)]
+    method = min(range(len(options)), key=lambda i: len(options[i]))
+    return bytes([method]) + options[method]
+
+
 def save_artifact(path: str | os.PathLike, *, config: dict, tensors: Mapping[str, QTensor | torch.Tensor],
-                  codec: str = "rans", meta: dict | None = None) -> ArtifactInfo:
+                  codec: str = "rans", meta: dict | None = None, version: int = VERSION) -> ArtifactInfo:
     """Write ``tensors`` (QTensors and plain tensors) with ``config`` and ``meta`` to ``path``.
 
-    ``codec`` picks how QTensor codes are stored (``"rans"``, ``"zstd"``, ``"zlib"`` or ``"raw"``);
-    plain tensors are stored losslessly in their own dtype. The file is written to a temporary
-    name in the same folder, fsynced and renamed over ``path``, so readers never see half a file.
+    ``codec`` picks how QTensor codes are stored (``"rans"``: the entropy coders, the smallest
+    per group; ``"zstd"``, ``"zlib"`` or ``"raw"``: one byte per value through that compressor);
+    plain tensors are stored losslessly in their own dtype. ``version`` (3, or 2 for readers
+    that predate version 3) picks the format. The file is written to a temporary name in the
+    same folder, fsynced and renamed over ``path``, so readers never see half a file.
     ``config`` and ``meta`` must be JSON-serialisable.
     """
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
-    side = "zstd" if codec == "rans" else codec  # how scales and raw tensors are compressed
-    entries, chunks, sizes, offset = [], [], {}, 0
-
-    def payload(data: bytes, how: str) -> dict:
-        nonlocal offset
-        if how == "rans":
-            name, blob = "rans", data
-        else:
-            name, blob = _compress(data, how)
-        chunks.append(blob)
-        ref = {"codec": name, "offset": offset, "length": len(blob)}
-        offset += len(blob)
-        return ref
-
+    if version not in WRITABLE_VERSIONS:
+        raise ValueError(f"version must be one of {', '.join(map(str, WRITABLE_VERSIONS))}, got {version!r}")
     for name, t in tensors.items():
         if not isinstance(name, str):
             raise TypeError(f"tensor names must be str, got {name!r}")
@@ -141,53 +343,21 @@ def save_artifact(path: str | os.PathLike, *, config: dict, tensors: Mapping[str
             rows, cols = t.codes.shape
             if rows * cols != math.prod(t.shape):
                 raise ValueError(f"tensor {name!r}: codes {tuple(t.codes.shape)} do not hold shape {tuple(t.shape)}")
-    streams, joints, shares = {}, [], {}  # name -> own rANS stream; joint payloads; name -> (joint, bytes)
-    if codec == "rans":
-        sets: dict[int, list[str]] = {}
-        for name, t in tensors.items():
-            if isinstance(t, QTensor):
-                sets.setdefault(t.bits, []).append(name)
-        for bits, names in sets.items():
-            qs = [tensors[n] for n in names]
-            joint, own = _codec.rans_encode_set([q.codes.detach().cpu() for q in qs], bits,
-                                                scales=[q.scale for q in qs])
-            streams.update((n, s) for n, s in zip(names, own) if s is not None)
-            if joint is None:
-                continue
-            members = [(n, q.codes.numel()) for n, q, s in zip(names, qs, own) if s is None]
-            total, given = sum(k for _, k in members), 0
-            for i, (n, k) in enumerate(members):
-                share = len(joint) - given if i == len(members) - 1 else len(joint) * k // total
-                shares[n], given = (len(joints), share), given + share
-            joints.append(payload(joint, "rans"))
-
-    for name, t in tensors.items():
-        start = offset
-        if isinstance(t, QTensor):
-            rows, cols = t.codes.shape
-            if name in shares:
-                j, share = shares[name]
-                codes_ref, start = {"codec": "joint", "joint": j}, start - share
-            else:
-                blob = streams[name] if codec == "rans" else t.codes.detach().cpu().contiguous().numpy().tobytes()
-                codes_ref = payload(blob, codec)
-            entry = {"name": name, "kind": "q", "shape": list(t.shape), "dtype": _dtype_name(t.dtype),
-                     "bits": t.bits, "rows": rows, "cols": cols,
-                     "codes": codes_ref, "scale": payload(_tensor_bytes(t.scale), side)}
+            _dtype_name(t.dtype)
         elif isinstance(t, torch.Tensor):
-            entry = {"name": name, "kind": "raw", "shape": list(t.shape), "dtype": _dtype_name(t.dtype),
-                     "data": payload(_tensor_bytes(t), side)}
+            _dtype_name(t.dtype)
         else:
             raise TypeError(f"tensor {name!r} must be a QTensor or torch.Tensor, got {type(t).__name__}")
-        entries.append(entry)
-        sizes[name] = offset - start
-
-    header_obj = {"config": config, "joint": joints, "meta": meta or {}, "payload_bytes": offset, "tensors": entries}
+    out = _Payloads()
+    fields, sizes = (_layout_v3 if version == 3 else _layout_v2)(tensors, codec, out)
+    header_obj = {"config": config, "meta": meta or {}, "payload_bytes": out.offset, **fields}
     try:
         header = json.dumps(header_obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as e:
         raise ValueError(f"config and meta must be JSON-serialisable: {e}") from None
-    body = b"".join([_PREFIX.pack(MAGIC, VERSION, len(header)), header, *chunks])
+    if version == 3:
+        header = _header_blob(header)
+    body = b"".join([_PREFIX.pack(MAGIC, version, len(header)), header, *out.chunks])
     data = body + hashlib.sha256(body).digest()
 
     path = Path(path)
@@ -198,13 +368,17 @@ def save_artifact(path: str | os.PathLike, *, config: dict, tensors: Mapping[str
     return ArtifactInfo(path=path, total_bytes=size, header_bytes=len(header), tensor_bytes=sizes)
 
 
-def _decompress(blob: bytes, codec: str, what: str) -> bytes:
+def _decompress(blob: bytes, codec: str, what: str, limit: int | None = None) -> bytes:
+    """``blob`` through ``codec``'s decompressor; with ``limit``, output beyond it is an error."""
     try:
         if codec == "zstd":
             import zstandard
-            return zstandard.ZstdDecompressor().decompress(blob)
+            d = zstandard.ZstdDecompressor()
+            return d.decompress(blob) if limit is None else d.stream_reader(io.BytesIO(blob)).read(limit + 1)
         if codec == "zlib":
-            return zlib.decompress(blob)
+            return zlib.decompress(blob) if limit is None else zlib.decompressobj().decompress(blob, limit + 1)
+        if codec == "lzma":
+            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(blob, -1 if limit is None else limit + 1)
     except Exception as e:  # the compressors raise their own error types
         raise ArtifactError(f"{what}: {codec} payload does not decompress: {e}") from None
     if codec == "raw":
@@ -229,20 +403,26 @@ def _payload(ref: Any, payloads: bytes, what: str) -> tuple[str, bytes]:
     return _field(ref, "codec", str, what), payloads[off:off + n]
 
 
-def _read_joints(header: dict, entries: list[dict], payloads: bytes) -> dict[str, torch.Tensor]:
-    """Decode every joint payload: name -> 1-D int8 codes of each tensor that refers to one."""
-    joints = header.get("joint", [])
-    if not isinstance(joints, list):
-        raise ArtifactError("header field 'joint' is not a list")
-    members: list[list[dict]] = [[] for _ in joints]
+def _members(header: dict, entries: list[dict], key: str) -> tuple[list, list[list[dict]]]:
+    """``header[key]`` (a list of shared payloads) and, per payload, the entries whose codes refer to it."""
+    shared = header.get(key, [])
+    if not isinstance(shared, list):
+        raise ArtifactError(f"header field {key!r} is not a list")
+    members: list[list[dict]] = [[] for _ in shared]
     for e in entries:
         ref = e.get("codes")
-        if e.get("kind") == "q" and isinstance(ref, dict) and ref.get("codec") == "joint":
-            j = ref.get("joint")
-            if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < len(joints):
-                raise ArtifactError(f"tensor {e.get('name')!r}: codes refer to joint payload {j!r} of {len(joints)}")
+        if e.get("kind") == "q" and isinstance(ref, dict) and ref.get("codec") == key:
+            j = ref.get(key)
+            if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < len(shared):
+                raise ArtifactError(f"tensor {e.get('name')!r}: codes refer to {key} payload {j!r} of {len(shared)}")
             members[j].append(e)
+    return shared, members
+
+
+def _read_joints(header: dict, entries: list[dict], payloads: bytes) -> dict[str, torch.Tensor]:
+    """Decode every joint and context-coded payload: name -> int8 codes of each tensor in one."""
     out = {}
+    joints, members = _members(header, entries, "joint")
     for j, (ref, group) in enumerate(zip(joints, members)):
         names = ", ".join(repr(e.get("name")) for e in group)
         what = f"joint rANS payload {j} (tensors {names})"
@@ -255,10 +435,40 @@ def _read_joints(header: dict, entries: list[dict], payloads: bytes) -> dict[str
         except _codec.CodecError as err:
             raise ArtifactError(f"{what}: {err}") from None
         out.update((e.get("name"), torch.from_numpy(a)) for e, a in zip(group, codes))
+    ctxs, members = _members(header, entries, "ctx")
+    for j, (ref, group) in enumerate(zip(ctxs, members)):
+        names = ", ".join(repr(e.get("name")) for e in group)
+        what = f"context-coded payload {j} (tensors {names})"
+        c, data = _payload(ref, payloads, what)
+        if c != "ctx" or not group:
+            raise ArtifactError(f"{what}: codec {c!r} with {len(group)} tensors is not a context-coded payload")
+        shapes = [(_field(e, "rows", int, what), _field(e, "cols", int, what)) for e in group]
+        try:
+            codes = _codec.ctx_decode(data, max_values=sum(r * c for r, c in shapes))
+        except _codec.CodecError as err:
+            raise ArtifactError(f"{what}: {err}") from None
+        if [a.shape for a in codes] != shapes:
+            raise ArtifactError(f"{what}: holds matrices {[a.shape for a in codes]}, its tensors need {shapes}")
+        out.update((e.get("name"), torch.from_numpy(a)) for e, a in zip(group, codes))
     return out
 
 
-def _read_tensor(entry: dict, payloads: bytes, joint: dict[str, torch.Tensor]) -> QTensor | torch.Tensor:
+def _read_side(header: dict, payloads: bytes) -> tuple[bytes, bool]:
+    """Version 3's side stream, decompressed: ``(bytes, shuffled)``."""
+    side = header.get("side")
+    what = "side stream"
+    if not isinstance(side, dict):
+        raise ArtifactError(f"{what}: header field 'side' missing or not an object")
+    c, data = _payload(side, payloads, what)
+    size, shuffle = _field(side, "size", int, what), _field(side, "shuffle", bool, what)
+    data = _decompress(data, c, what, limit=size)
+    if len(data) != size:
+        raise ArtifactError(f"{what}: {len(data)} bytes decompressed, header says {size}")
+    return data, shuffle
+
+
+def _read_tensor(entry: dict, payloads: bytes, joint: dict[str, torch.Tensor],
+                 side: tuple[bytes, bool] | None) -> QTensor | torch.Tensor:
     name = _field(entry, "name", str, "tensor entry")
     what = f"tensor {name!r}"
     shape = tuple(_field(entry, "shape", list, what))
@@ -268,8 +478,17 @@ def _read_tensor(entry: dict, payloads: bytes, joint: dict[str, torch.Tensor]) -
     if dtype is None:
         raise ArtifactError(f"{what}: unsupported dtype {entry.get('dtype')!r}")
 
-    def blob(key: str) -> tuple[str, bytes]:
-        return _payload(_field(entry, key, dict, what), payloads, f"{what}: {key}")
+    def blob(key: str, itemsize: int = 1) -> tuple[str, bytes]:
+        ref = _field(entry, key, dict, what)
+        if ref.get("codec") != "side":
+            return _payload(ref, payloads, f"{what}: {key}")
+        if side is None:
+            raise ArtifactError(f"{what}: {key} refers to a side stream this version has not")
+        data, shuffled = side
+        _, region = _payload(dict(ref, codec="raw"), data, f"{what}: {key} in the side stream")
+        if len(region) % itemsize:
+            raise ArtifactError(f"{what}: {key} has {len(region)} bytes, not whole {itemsize}-byte items")
+        return "raw", _planes(region, itemsize, inverse=True) if shuffled else region
 
     def fixed(data: bytes, dt: torch.dtype, numel: int, key: str) -> torch.Tensor:
         itemsize = torch.tensor([], dtype=dt).element_size()
@@ -279,7 +498,7 @@ def _read_tensor(entry: dict, payloads: bytes, joint: dict[str, torch.Tensor]) -
 
     kind = entry.get("kind")
     if kind == "raw":
-        c, data = blob("data")
+        c, data = blob("data", torch.tensor([], dtype=dtype).element_size())
         return fixed(_decompress(data, c, what), dtype, math.prod(shape), "data").reshape(shape)
     if kind != "q":
         raise ArtifactError(f"{what}: unknown kind {kind!r}")
@@ -287,6 +506,8 @@ def _read_tensor(entry: dict, payloads: bytes, joint: dict[str, torch.Tensor]) -
     if rows * cols != math.prod(shape):
         raise ArtifactError(f"{what}: codes {rows} x {cols} do not hold shape {list(shape)}")
     c, data = ("joint", b"") if name in joint else blob("codes")
+    if c == "ctx":
+        raise ArtifactError(f"{what}: codes refer to a context-coded payload that does not list it")
     if c == "joint":
         codes = joint[name].reshape(rows, cols)
     elif c == "rans":
@@ -299,12 +520,21 @@ def _read_tensor(entry: dict, payloads: bytes, joint: dict[str, torch.Tensor]) -
         codes = torch.from_numpy(codes)
     else:
         codes = fixed(_decompress(data, c, what), torch.int8, rows * cols, "codes").reshape(rows, cols)
-    c, data = blob("scale")
+    c, data = blob("scale", 2)
     scale = fixed(_decompress(data, c, what), torch.float16, rows, "scale")
     try:
         return QTensor(codes=codes, scale=scale, bits=bits, shape=shape, dtype=dtype)
     except ValueError as e:
         raise ArtifactError(f"{what}: {e}") from None
+
+
+def _index_json(field: bytes, version: int) -> bytes:
+    """The JSON index from the header field (version 3: a method byte, then raw, zstd or lzma)."""
+    if version < 3:
+        return field
+    if not field or field[0] >= len(_HEADER_METHODS):
+        raise ArtifactError("unknown header method")
+    return _decompress(field[1:], _HEADER_METHODS[field[0]], "header", limit=_MAX_INDEX)[:_MAX_INDEX]
 
 
 def load_artifact(path: str | os.PathLike, *, expected: Mapping[str, tuple[int, ...]] | None = None) -> Artifact:
@@ -328,8 +558,8 @@ def load_artifact(path: str | os.PathLike, *, expected: Mapping[str, tuple[int, 
         raise ArtifactError(f"{path}: truncated artifact: {len(data)} bytes cannot hold its {hlen}-byte header")
     body, digest = data[:-_DIGEST], data[-_DIGEST:]
     try:
-        header = json.loads(body[_PREFIX.size:_PREFIX.size + hlen])
-    except (UnicodeDecodeError, ValueError):
+        header = json.loads(_index_json(body[_PREFIX.size:_PREFIX.size + hlen], version))
+    except (ArtifactError, UnicodeDecodeError, ValueError):
         header = None
     declared = header.get("payload_bytes") if isinstance(header, dict) else None
     if isinstance(declared, int):
@@ -363,8 +593,9 @@ def load_artifact(path: str | os.PathLike, *, expected: Mapping[str, tuple[int, 
     tensors = {}
     try:
         joint = _read_joints(header, entries, payloads) if version >= 2 else {}
+        side = _read_side(header, payloads) if version >= 3 else None
         for e in entries:
-            tensors[e.get("name")] = _read_tensor(e, payloads, joint)
+            tensors[e.get("name")] = _read_tensor(e, payloads, joint, side)
     except ArtifactError as err:
         raise ArtifactError(f"{path}: {err}") from None
     config, meta = header.get("config"), header.get("meta")

@@ -109,6 +109,18 @@ class QuantConfig:
     scale_rule: str = "percentile"  # maxabs | percentile | sigma
     clip_percentile: float = 99.99984
     clip_sigma: float = 12.85
+    # Per-tensor-kind k of the sigma rule (SDClip): "attn=13,mlp=11.5,tok_emb=14"; others use clip_sigma.
+    sigma_policy: str = ""
+    # How matrices are rounded at export: "rtn" (round to nearest) or "gptq" (Hessian-guided, calibrated on
+    # gptq_batches training batches inside the wall-clock cap).
+    method: str = "rtn"
+    gptq_batches: int = 16
+    gptq_block: int = 128
+    gptq_damp: float = 0.01
+    gptq_act_order: bool = True
+    # Low-rank correction (LQER) of the lqer_top_k matrices with the largest quantisation error (0: off).
+    lqer_top_k: int = 0
+    lqer_rank: int = 4
     keep_float_max_numel: int = 65_536
     codec: str = "zlib"  # zlib | zstd | rans
     qat_start_frac: float = -1.0  # < 0: off; 0: from step 0; 0.8: the last 20 % of steps

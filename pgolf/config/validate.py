@@ -11,6 +11,8 @@ from triton_kernels._dispatch import IMPLS
 from triton_kernels.fake_quant import RULES, SURROGATES
 from triton_kernels.newton_schulz import ns_coefficients
 
+QUANT_METHODS = ("rtn", "gptq")
+
 
 def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
     """Reject impossible values of a :class:`pgolf.config.RunConfig` with a :class:`ConfigError`
@@ -69,6 +71,17 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
     if q.qat_start_frac >= 1.0:
         raise ConfigError(f"quant.qat_start_frac must be < 1 (negative disables QAT), got {q.qat_start_frac}")
     parse_policy(q.policy)
+    parse_sigma_policy(q.sigma_policy)
+    if q.method not in QUANT_METHODS:
+        raise ConfigError(f"quant.method must be one of {', '.join(QUANT_METHODS)}, got {q.method!r}")
+    for key, v in (("quant.gptq_batches", q.gptq_batches), ("quant.gptq_block", q.gptq_block),
+                   ("quant.lqer_rank", q.lqer_rank)):
+        if v < 1:
+            raise ConfigError(f"{key} must be >= 1, got {v}")
+    if not (q.gptq_damp > 0 and math.isfinite(q.gptq_damp)):
+        raise ConfigError(f"quant.gptq_damp must be a positive number, got {q.gptq_damp}")
+    if q.lqer_top_k < 0:
+        raise ConfigError(f"quant.lqer_top_k must be >= 0, got {q.lqer_top_k}")
     check_ns_schedule(o.ns_schedule, o.muon_backend_steps)
     validate_eval(cfg)
 
@@ -104,6 +117,21 @@ def parse_policy(policy: str) -> list[tuple[str, int]]:
         if b != 0 and not 2 <= b <= 8:
             raise ConfigError(f"quant.policy bits for {pattern!r} must be 0 (float) or 2..8, got {b}")
         rules.append((pattern.strip(), b))
+    return rules
+
+
+def parse_sigma_policy(policy: str) -> list[tuple[str, float]]:
+    """Parse ``"attn=13,mlp=11.5"`` into ``[("attn", 13.0), ("mlp", 11.5)]`` (each k > 0, finite)."""
+    rules = []
+    for item in filter(None, (s.strip() for s in policy.split(","))):
+        pattern, sep, value = item.partition("=")
+        try:
+            k = float(value)
+        except ValueError:
+            k = float("nan")
+        if not sep or not pattern.strip() or not (k > 0 and math.isfinite(k)):
+            raise ConfigError(f"quant.sigma_policy item {item!r} must look like name=k with k > 0")
+        rules.append((pattern.strip(), k))
     return rules
 
 

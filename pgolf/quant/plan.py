@@ -15,7 +15,7 @@ from typing import Mapping
 
 import torch
 
-from pgolf.config import QuantConfig, parse_policy
+from pgolf.config import QuantConfig, parse_policy, parse_sigma_policy
 from pgolf.model.roles import EMBED, HEAD, MATRIX
 
 QUANTISED_ROLES = (MATRIX, EMBED, HEAD)
@@ -38,3 +38,12 @@ def plan(state_dict: Mapping[str, torch.Tensor], qcfg: QuantConfig, roles: Mappi
     """``{name: bits}`` for every tensor of ``state_dict`` (0 = stays float / passes through);
     ``roles`` as :func:`pgolf.model.roles.parameter_roles` gives them."""
     return {name: tensor_bits(name, t, qcfg, roles.get(name)) for name, t in state_dict.items()}
+
+
+def tensor_sigma(name: str, qcfg: QuantConfig) -> float:
+    """The ``sigma`` scale rule's k for one tensor: the first ``sigma_policy`` pattern that is a
+    substring of its name (``"attn=13,mlp=11.5,tok_emb=14"``), else ``clip_sigma``."""
+    for pattern, sigma in parse_sigma_policy(qcfg.sigma_policy):
+        if pattern in name:
+            return sigma
+    return qcfg.clip_sigma

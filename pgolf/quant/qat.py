@@ -28,7 +28,7 @@ from torch import nn
 from pgolf.config import QuantConfig
 from pgolf.model.layers import QATModule, QATSpec
 from pgolf.model.roles import parameter_roles
-from pgolf.quant.plan import plan
+from pgolf.quant.plan import plan, tensor_sigma
 
 
 def enable_qat(model: nn.Module, qcfg: QuantConfig, *, impl: str = "auto") -> dict[str, int]:
@@ -46,7 +46,7 @@ def enable_qat(model: nn.Module, qcfg: QuantConfig, *, impl: str = "auto") -> di
         if isinstance(mod, QATModule):
             weight = f"{name}.weight" if name else "weight"
             b = bits.get(weight, 0)
-            mod.qat = QATSpec(bits=b, rule=qcfg.scale_rule, percentile=qcfg.clip_percentile, sigma=qcfg.clip_sigma,
+            mod.qat = QATSpec(bits=b, rule=qcfg.scale_rule, percentile=qcfg.clip_percentile, sigma=tensor_sigma(weight, qcfg),
                               surrogate=qcfg.qat_surrogate, impl=impl) if b else None
             if b:
                 enabled[name] = b

@@ -1,0 +1,485 @@
+// Context-modelled coder for quantised matrices. Stream layout and model outline: see ctxcoder.h.
+// Encoder and decoder run the same template (code_matrix) so their models cannot drift apart.
+#include "ctxcoder.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+#include "errors.h"
+
+namespace pgolf {
+namespace {
+
+constexpr uint8_t kMagic[3] = {'P', 'G', 'C'};
+constexpr uint8_t kVersion = 1;
+constexpr uint64_t kMaxValues = 1ULL << 32;
+constexpr uint32_t kMaxMatrices = 65536;
+constexpr uint64_t kMaxPermRows = 8192;  // the encoder sorts rows only up to this many (O(R^2 C))
+constexpr int kNodes = 14;               // zero flag, sign, 12 unary magnitude nodes
+constexpr int kAct = 16;                 // activity buckets
+constexpr int kRel = 27;                 // neighbour relations (rel())
+constexpr int kInputs = 6;               // five models and a bias
+constexpr int kSets = kNodes * 4;        // mixer weight sets: node x ca / 4
+constexpr int kLimit = 1023;             // counter adaptation: rate 1 / (n + 1.5), n <= kLimit
+constexpr int kLr = 1;                   // mixer learning rate (weight step = st * err * kLr / 2^12)
+constexpr int32_t kInit = 13000;         // initial model weights (65536 = 1.0)
+constexpr int32_t kWeightMax = 1 << 22;
+constexpr int kSquash[33] = {1,    2,    4,    6,    10,   17,   27,   45,   74,   120,  194,
+                             311,  488,  747,  1102, 1546, 2048, 2550, 2994, 3349, 3608, 3785,
+                             3902, 3976, 4022, 4051, 4069, 4079, 4086, 4090, 4092, 4094, 4095};
+
+// 4096 / (1 + exp(-d / 256)) for d in [-2047, 2047], linear between the samples of kSquash.
+inline int squash(int d) {
+    if (d > 2047) d = 2047;
+    if (d < -2047) d = -2047;
+    const int w = d & 127, i = (d >> 7) + 16;
+    return (kSquash[i] * (128 - w) + kSquash[i + 1] * w + 64) >> 7;
+}
+
+struct Tables {
+    int16_t stretch[4096];  // the inverse of squash: the smallest d with squash(d) >= p
+    uint16_t rate[kLimit + 1];
+    Tables() {
+        int p = 0;
+        for (int d = -2047; d <= 2047; ++d)
+            for (const int v = squash(d); p <= v; ++p) stretch[p] = int16_t(d);
+        for (; p < 4096; ++p) stretch[p] = 2047;
+        for (int n = 0; n <= kLimit; ++n) rate[n] = uint16_t(131072 / (2 * n + 3));
+    }
+};
+
+const Tables& tables() {
+    static const Tables t;
+    return t;
+}
+
+// Mean |v| with 6 fraction bits -> bucket 0..15 on a half-octave scale (1.0 -> 4, 2.0 -> 6, ...).
+inline int act_bucket(uint32_t a) {
+    if (a < 16) return 0;
+    const int l = 31 - __builtin_clz(a);
+    return std::min(kAct - 1, 2 * l + int((a >> (l - 1)) & 1) - 8);
+}
+
+// How a neighbour value u relates to the decision at `node` (k: the unary threshold).
+inline int rel(int u, int node, bool neg, int k) {
+    if (node == 0) return std::min(std::abs(u), 8);
+    if (node == 1) return std::clamp(u, -4, 4) + 4;
+    const int s = u == 0 ? 0 : ((u < 0) == neg ? 1 : 2);
+    return s * 9 + std::clamp(std::abs(u) - k, -4, 4) + 4;
+}
+
+struct Counter {
+    uint16_t p = 32768;  // probability of a 1, 16 bits
+    uint16_t n = 0;
+};
+
+class Model {
+  public:
+    Model()
+        : o0_(kNodes), m0_(kNodes * kAct * kAct), m1_(kNodes * kRel * 4), m2_(kNodes * kRel * kRel), m3_(kNodes * kRel * kAct) {
+        for (auto& set : w_) {
+            std::fill(set, set + kInputs - 1, kInit);
+            set[kInputs - 1] = 0;
+        }
+    }
+
+    // Code one matrix held in coding order (`m`: R x C); Coder::bit(b, p) codes bit b (encoder) or
+    // returns the decoded bit (decoder, b ignored); decoding writes the values into m.
+    template <class Coder>
+    void code_matrix(Coder& io, int8_t* m, uint64_t R, uint64_t C, int bits) {
+        const int qpos = (1 << (bits - 1)) - 1, qneg = 1 << (bits - 1);
+        col_.assign(C, global_);
+        for (uint64_t i = 0; i < R; ++i) {
+            int8_t* row = m + i * C;
+            const int8_t* up = i ? row - C : nullptr;
+            const int8_t* up2 = i > 1 ? row - 2 * C : nullptr;
+            uint32_t ra = global_;
+            for (uint64_t j = 0; j < C; ++j) {
+                ca_ = act_bucket(col_[j]);
+                ra_ = act_bucket(ra);
+                ref_ = up ? up[j] : 0;
+                ref2_ = up2 ? up2[j] : 0;
+                left_ = j ? row[j - 1] : 0;
+                const int v = row[j];
+                int out = 0;
+                if (code(io, 0, false, 0, v != 0)) {
+                    const bool neg = code(io, 1, false, 0, v < 0);
+                    const int mmax = neg ? qneg : qpos, mag = std::abs(v);
+                    int k = 1;
+                    while (k < mmax && code(io, 2 + std::min(k - 1, kNodes - 3), neg, k, mag > k)) ++k;
+                    out = neg ? -k : k;
+                }
+                row[j] = int8_t(out);
+                const uint32_t x = uint32_t(std::abs(out)) << 6;
+                col_[j] = (col_[j] * 7 + x) >> 3;
+                ra = (ra * 3 + x) >> 2;
+                global_ = (global_ * 255 + x) >> 8;
+            }
+        }
+    }
+
+  private:
+    template <class Coder>
+    int code(Coder& io, int node, bool neg, int k, int bit) {
+        const Tables& T = tables();
+        const int r1 = rel(ref_, node, neg, k);
+        Counter* c[5] = {&o0_[node], &m0_[(node * kAct + ca_) * kAct + ra_], &m1_[(node * kRel + r1) * 4 + (ca_ >> 2)],
+                         &m2_[(node * kRel + r1) * kRel + rel(ref2_, node, neg, k)],
+                         &m3_[(node * kRel + rel(left_, node, neg, k)) * kAct + ca_]};
+        int st[kInputs];
+        for (int i = 0; i < 5; ++i) st[i] = T.stretch[c[i]->p >> 4];
+        st[5] = 256;
+        int32_t* w = w_[node * 4 + (ca_ >> 2)];
+        int64_t dot = 0;
+        for (int i = 0; i < kInputs; ++i) dot += int64_t(w[i]) * st[i];
+        const int p = std::clamp(squash(int(std::clamp<int64_t>(dot >> 16, -2047, 2047))), 1, 4095);
+        const int y = io.bit(bit, p);
+        const int err = ((y << 12) - p) * kLr;
+        for (int i = 0; i < kInputs; ++i) w[i] = std::clamp(w[i] + ((st[i] * err) >> 12), -kWeightMax, kWeightMax);
+        const int target = y ? 65535 : 0;
+        for (Counter* q : c) {
+            q->p = uint16_t(q->p + (((target - int(q->p)) * int(T.rate[q->n])) >> 16));
+            if (q->n < kLimit) ++q->n;
+        }
+        return y;
+    }
+
+    std::vector<Counter> o0_, m0_, m1_, m2_, m3_;
+    int32_t w_[kSets][kInputs];
+    std::vector<uint32_t> col_;
+    uint32_t global_ = 1 << 6;
+    int ca_ = 0, ra_ = 0, ref_ = 0, ref2_ = 0, left_ = 0;
+};
+
+class Encoder {
+  public:
+    explicit Encoder(std::vector<uint8_t>& out) : out_(out) {}
+    int bit(int y, int p) {
+        const uint32_t mid = x1_ + uint32_t((uint64_t(x2_ - x1_) * uint32_t(p)) >> 12);
+        y ? x2_ = mid : x1_ = mid + 1;
+        while (((x1_ ^ x2_) & 0xFF000000u) == 0) {
+            out_.push_back(uint8_t(x2_ >> 24));
+            x1_ <<= 8;
+            x2_ = (x2_ << 8) | 255;
+        }
+        return y;
+    }
+    void flush() {
+        for (int b = 3; b >= 0; --b) out_.push_back(uint8_t(x1_ >> (8 * b)));
+    }
+
+  private:
+    std::vector<uint8_t>& out_;
+    uint32_t x1_ = 0, x2_ = 0xFFFFFFFFu;
+};
+
+class Decoder {
+  public:
+    Decoder(const uint8_t* p, const uint8_t* end) : p_(p), end_(end) {
+        for (int b = 0; b < 4; ++b) x_ = (x_ << 8) | next();
+    }
+    int bit(int, int p) {
+        const uint32_t mid = x1_ + uint32_t((uint64_t(x2_ - x1_) * uint32_t(p)) >> 12);
+        const int y = x_ <= mid;
+        y ? x2_ = mid : x1_ = mid + 1;
+        while (((x1_ ^ x2_) & 0xFF000000u) == 0) {
+            x1_ <<= 8;
+            x2_ = (x2_ << 8) | 255;
+            x_ = (x_ << 8) | next();
+        }
+        return y;
+    }
+    bool at_end() const { return p_ == end_; }
+
+  private:
+    uint32_t next() {
+        if (p_ == end_) throw stream_error("context-coded stream truncated: payload ended before the last value");
+        return *p_++;
+    }
+    const uint8_t* p_;
+    const uint8_t* end_;
+    uint32_t x_ = 0, x1_ = 0, x2_ = 0xFFFFFFFFu;
+};
+
+void put_varint(std::vector<uint8_t>& out, uint64_t v) {
+    while (v >= 0x80) out.push_back(uint8_t(v | 0x80)), v >>= 7;
+    out.push_back(uint8_t(v));
+}
+
+inline int id_width(uint64_t n) {
+    int w = 0;
+    while ((uint64_t(1) << w) < n) ++w;
+    return w;
+}
+
+// Sum of |a[i] - b[i]| over n bytes (rows biased to unsigned: compilers vectorise this).
+uint32_t l1(const uint8_t* a, const uint8_t* b, uint64_t n) {
+    uint32_t s = 0;
+    for (uint64_t i = 0; i < n; ++i) s += uint32_t(std::abs(int(a[i]) - int(b[i])));
+    return s;
+}
+
+// Greedy nearest-neighbour row order from row 0: each next row is the unvisited one closest in L1.
+std::vector<uint32_t> nn_order(const int8_t* m, uint64_t R, uint64_t C) {
+    std::vector<uint8_t> u(R * C);
+    for (uint64_t i = 0; i < R * C; ++i) u[i] = uint8_t(m[i] + 128);
+    std::vector<uint32_t> left(R - 1), order(1, 0);
+    std::iota(left.begin(), left.end(), 1);
+    uint32_t cur = 0;
+    while (!left.empty()) {
+        size_t best = 0;
+        uint32_t best_d = UINT32_MAX;
+        for (size_t k = 0; k < left.size(); ++k) {
+            const uint32_t d = l1(&u[cur * C], &u[left[k] * C], C);
+            if (d < best_d) best_d = d, best = k;
+        }
+        cur = left[best];
+        order.push_back(cur);
+        left[best] = left.back();
+        left.pop_back();
+    }
+    return order;
+}
+
+// A matrix in coding order for the given flags, and its row order (empty unless permuted).
+struct Variant {
+    int flags = 0;
+    uint64_t R = 0, C = 0;
+    std::vector<int8_t> coded;
+    std::vector<uint32_t> perm;
+};
+
+Variant make_variant(const CtxMatrix& mat, int flags) {
+    Variant v;
+    v.flags = flags;
+    const bool tr = flags & 1;
+    v.R = tr ? mat.cols : mat.rows;
+    v.C = tr ? mat.rows : mat.cols;
+    std::vector<int8_t> base(mat.codes, mat.codes + mat.rows * mat.cols);
+    if (tr)
+        for (uint64_t r = 0; r < mat.rows; ++r)
+            for (uint64_t c = 0; c < mat.cols; ++c) base[c * mat.rows + r] = mat.codes[r * mat.cols + c];
+    if (flags & 2) {
+        v.perm = nn_order(base.data(), v.R, v.C);
+        v.coded.resize(base.size());
+        for (uint64_t i = 0; i < v.R; ++i) std::memcpy(&v.coded[i * v.C], &base[v.perm[i] * v.C], v.C);
+    } else {
+        v.coded = std::move(base);
+    }
+    return v;
+}
+
+size_t perm_bytes(uint64_t R) { return (R * id_width(R) + 7) / 8; }
+
+// Coded size of one variant alone, with a fresh model: payload plus row order.
+size_t trial_size(Variant& v, int bits) {
+    std::vector<uint8_t> out;
+    Encoder enc(out);
+    Model model;
+    std::vector<int8_t> scratch = v.coded;
+    model.code_matrix(enc, scratch.data(), v.R, v.C, bits);
+    enc.flush();
+    return out.size() + (v.flags & 2 ? perm_bytes(v.R) : 0);
+}
+
+class Reader {
+  public:
+    Reader(const uint8_t* p, size_t n) : p_(p), n_(n) {}
+    size_t pos() const { return pos_; }
+    size_t left() const { return n_ - pos_; }
+    uint8_t u8(const char* what) {
+        if (pos_ >= n_) throw stream_error(std::string("context-coded stream truncated: missing ") + what);
+        return p_[pos_++];
+    }
+    uint32_t varint(const char* what) {
+        uint64_t v = 0;
+        for (int i = 0; i < 5; ++i) {
+            const uint8_t b = u8(what);
+            v |= uint64_t(b & 0x7F) << (7 * i);
+            if (!(b & 0x80)) {
+                if (v > 0xFFFFFFFFULL) break;
+                return uint32_t(v);
+            }
+        }
+        throw stream_error(std::string("context-coded stream has an invalid varint for ") + what);
+    }
+    const uint8_t* take(uint64_t n, const char* what) {
+        if (n > left())
+            throw stream_error(std::string("context-coded stream truncated: ") + what + " needs " + std::to_string(n) +
+                               " bytes, " + std::to_string(left()) + " left");
+        const uint8_t* q = p_ + pos_;
+        pos_ += size_t(n);
+        return q;
+    }
+
+  private:
+    const uint8_t* p_;
+    size_t n_, pos_ = 0;
+};
+
+}  // namespace
+
+std::vector<uint8_t> ctx_encode(const std::vector<CtxMatrix>& mats, int bits, int force_flags) {
+    if (bits < 2 || bits > 8) throw std::invalid_argument("bits must be in 2..8, got " + std::to_string(bits));
+    if (force_flags > 3) throw std::invalid_argument("force_flags must be -1 or 0..3");
+    if (mats.size() > kMaxMatrices) throw std::invalid_argument("at most 65536 matrices per stream");
+    const int lo = -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
+    uint64_t total = 0;
+    for (size_t k = 0; k < mats.size(); ++k) {
+        const CtxMatrix& m = mats[k];
+        if (m.rows > 0xFFFFFFFFULL || m.cols > 0xFFFFFFFFULL || (m.cols && m.rows > (kMaxValues - total) / m.cols))
+            throw std::invalid_argument("matrices too large for one stream (at most 2^32 values)");
+        total += m.rows * m.cols;
+        for (uint64_t i = 0; i < m.rows * m.cols; ++i)
+            if (m.codes[i] < lo || m.codes[i] > hi)
+                throw std::invalid_argument("matrix " + std::to_string(k) + ": value " + std::to_string(m.codes[i]) +
+                                            " at index " + std::to_string(i) + " is outside the " +
+                                            std::to_string(bits) + "-bit range [" + std::to_string(lo) + ", " +
+                                            std::to_string(hi) + "]");
+    }
+    std::vector<Variant> chosen;
+    for (const CtxMatrix& m : mats) {
+        const uint64_t n = m.rows * m.cols;
+        if (n == 0) {
+            chosen.push_back(make_variant(m, 0));
+            continue;
+        }
+        if (force_flags >= 0) {
+            chosen.push_back(make_variant(m, force_flags));
+            continue;
+        }
+        Variant best;
+        size_t best_size = SIZE_MAX;
+        for (int flags = 0; flags < 4; ++flags) {
+            const uint64_t R = flags & 1 ? m.cols : m.rows;
+            if ((flags & 2) && (R < 3 || R > kMaxPermRows)) continue;
+            if ((flags & 1) && m.rows < 2) continue;
+            Variant v = make_variant(m, flags);
+            const size_t size = trial_size(v, bits);
+            if (size < best_size) best_size = size, best = std::move(v);
+        }
+        chosen.push_back(std::move(best));
+    }
+
+    std::vector<uint8_t> out = {kMagic[0], kMagic[1], kMagic[2], kVersion, uint8_t(bits)};
+    put_varint(out, mats.size());
+    for (size_t k = 0; k < mats.size(); ++k) {
+        put_varint(out, mats[k].rows);
+        put_varint(out, mats[k].cols);
+        out.push_back(uint8_t(chosen[k].flags));
+    }
+    for (const Variant& v : chosen) {
+        if (!(v.flags & 2)) continue;
+        const int w = id_width(v.R);
+        std::vector<uint8_t> map(perm_bytes(v.R), 0);
+        for (uint64_t i = 0; i < v.R; ++i)
+            for (int b = 0; b < w; ++b)
+                if ((v.perm[i] >> b) & 1) map[(i * w + b) / 8] |= uint8_t(1u << ((i * w + b) % 8));
+        out.insert(out.end(), map.begin(), map.end());
+    }
+    if (total == 0) return out;
+    Encoder enc(out);
+    Model model;
+    for (Variant& v : chosen) model.code_matrix(enc, v.coded.data(), v.R, v.C, bits);
+    enc.flush();
+    return out;
+}
+
+struct CtxStream::Impl {
+    const uint8_t* data;
+    size_t size;
+    int bits = 0;
+    std::vector<uint64_t> rows, cols;
+    std::vector<int> flags;
+    std::vector<std::vector<uint32_t>> perms;
+    uint64_t total = 0;
+    size_t payload_at = 0;
+};
+
+CtxStream::CtxStream(const uint8_t* data, size_t size) : impl_(new Impl{data, size}) {
+    Impl& s = *impl_;
+    Reader in(data, size);
+    if (std::memcmp(in.take(3, "magic"), kMagic, 3) != 0) throw stream_error("not a pgolf context-coded stream (bad magic)");
+    const uint8_t version = in.u8("version");
+    if (version != kVersion)
+        throw stream_error("unsupported context-coded stream version " + std::to_string(version) + " (this build reads " +
+                           std::to_string(kVersion) + ")");
+    s.bits = in.u8("bits");
+    if (s.bits < 2 || s.bits > 8) throw stream_error("context-coded stream bits " + std::to_string(s.bits) + " not in 2..8");
+    const uint32_t K = in.varint("matrix count");
+    if (K > kMaxMatrices) throw stream_error("context-coded stream declares " + std::to_string(K) + " matrices, at most 65536");
+    for (uint32_t k = 0; k < K; ++k) {
+        const uint64_t r = in.varint("rows"), c = in.varint("cols");
+        const int f = in.u8("matrix flags");
+        if (c && r > (kMaxValues - s.total) / c) throw stream_error("context-coded stream holds more than 2^32 values");
+        if (f > 3) throw stream_error("context-coded stream matrix " + std::to_string(k) + " has unknown flags " + std::to_string(f));
+        if ((f & 2) && r * c == 0) throw stream_error("context-coded stream permutes the rows of an empty matrix");
+        s.total += r * c;
+        s.rows.push_back(r);
+        s.cols.push_back(c);
+        s.flags.push_back(f);
+    }
+    s.perms.resize(K);
+    for (uint32_t k = 0; k < K; ++k) {
+        if (!(s.flags[k] & 2)) continue;
+        const uint64_t R = s.flags[k] & 1 ? s.cols[k] : s.rows[k];
+        const int w = id_width(R);
+        const uint8_t* map = in.take(perm_bytes(R), "row order");
+        std::vector<uint32_t>& perm = s.perms[k];
+        perm.resize(R);
+        std::vector<uint8_t> seen(R, 0);
+        for (uint64_t i = 0; i < R; ++i) {
+            uint64_t id = 0;
+            for (int b = 0; b < w; ++b) id |= uint64_t((map[(i * w + b) / 8] >> ((i * w + b) % 8)) & 1) << b;
+            if (id >= R || seen[id])
+                throw stream_error("context-coded stream row order of matrix " + std::to_string(k) + " is not a permutation");
+            seen[id] = 1;
+            perm[i] = uint32_t(id);
+        }
+        const unsigned used = (R * w) % 8;
+        if (used && (map[perm_bytes(R) - 1] >> used)) throw stream_error("context-coded stream row order has nonzero padding bits");
+    }
+    s.payload_at = in.pos();
+    if (s.total == 0 && in.left()) throw stream_error("context-coded stream without values has " + std::to_string(in.left()) + " trailing bytes");
+    if (s.total && in.left() < 4) throw stream_error("context-coded stream truncated: no payload");
+}
+
+CtxStream::~CtxStream() = default;
+int CtxStream::bits() const { return impl_->bits; }
+size_t CtxStream::count() const { return impl_->rows.size(); }
+uint64_t CtxStream::rows(size_t k) const { return impl_->rows.at(k); }
+uint64_t CtxStream::cols(size_t k) const { return impl_->cols.at(k); }
+int CtxStream::flags(size_t k) const { return impl_->flags.at(k); }
+uint64_t CtxStream::total_values() const { return impl_->total; }
+
+void CtxStream::decode(const std::vector<int8_t*>& outs) const {
+    const Impl& s = *impl_;
+    if (outs.size() != s.rows.size()) throw std::invalid_argument("decode needs one output per matrix");
+    if (s.total == 0) return;
+    Decoder dec(s.data + s.payload_at, s.data + s.size);
+    Model model;
+    std::vector<int8_t> coded;
+    for (size_t k = 0; k < s.rows.size(); ++k) {
+        const bool tr = s.flags[k] & 1;
+        const uint64_t rows = s.rows[k], cols = s.cols[k], R = tr ? cols : rows, C = tr ? rows : cols;
+        if (rows * cols == 0) continue;
+        coded.assign(R * C, 0);
+        model.code_matrix(dec, coded.data(), R, C, s.bits);
+        int8_t* out = outs[k];
+        for (uint64_t i = 0; i < R; ++i) {
+            const uint64_t r = s.perms[k].empty() ? i : s.perms[k][i];
+            const int8_t* src = &coded[i * C];
+            if (!tr)
+                std::memcpy(out + r * cols, src, C);
+            else
+                for (uint64_t c = 0; c < C; ++c) out[c * cols + r] = src[c];
+        }
+    }
+    if (!dec.at_end()) throw stream_error("context-coded stream corrupt: payload bytes left unused");
+}
+
+}  // namespace pgolf

@@ -1,0 +1,80 @@
+// Context-modelled coder for quantised weight matrices: an adaptive binary arithmetic coder whose
+// probabilities come from a logistic mix of context models built on weight-matrix structure.
+// Pinned by tests/golden/codec_ctx.json.
+//
+// Stream layout (varint = unsigned LEB128, at most 5 bytes, value < 2^32):
+//   0  3 bytes  magic "PGC"
+//   3  u8       version (1)
+//   4  u8       bits, 2..8: every value lies in [-2^(bits-1), 2^(bits-1) - 1]
+//   5  varint   K, the number of matrices (0..65536); the values of all of them total <= 2^32
+//   then K matrix headers: varint rows, varint cols, u8 flags (bit 0 transposed: the coded
+//        matrix is the transpose, cols x rows; bit 1 permuted: a row order follows; other bits 0)
+//   then, for every permuted matrix in order, its row order: the coded matrix's R rows
+//        (R = cols if transposed, else rows) as a permutation perm[0..R) (coded row i is row
+//        perm[i]), ceil(log2 R) bits per entry, packed LSB first into ceil(R * width / 8) bytes,
+//        padding bits 0
+//   then the arithmetic-coded payload, to the end of the stream, every byte consumed.
+//
+// Payload: the matrices one after another; each coded matrix row by row (rows in perm order),
+// each row left to right. The model state (context counters, mixer weights, the running mean of
+// |v|) carries over from matrix to matrix; the per-column and per-row activities restart.
+//
+// Binary arithmetic coder: 32-bit low x1 / high x2 (x1 = 0, x2 = 2^32 - 1 at the start), 12-bit
+// probability p of a 1 (1..4095): xmid = x1 + floor((x2 - x1) * p / 4096); a 1 keeps
+// [x1, xmid], a 0 keeps [xmid + 1, x2]; while the top bytes of x1 and x2 agree, that byte is
+// written, x1 <<= 8, x2 = (x2 << 8) | 255. At the end the 4 bytes of x1 are written, big-endian.
+// The decoder reads 4 bytes into x, then one byte per shift; it decodes a 1 iff x <= xmid.
+//
+// Binarisation of a value v (qpos = 2^(bits-1) - 1, qneg = 2^(bits-1)):
+//   node 0: v != 0; then node 1: v < 0; then m = |v| in unary: for k = 1, 2, ... while k < mmax
+//   (mmax = qneg if v < 0, else qpos): the bit m > k at node 2 + min(k - 1, 11); stop after a 0.
+//
+// Context model for each binary decision (all integer arithmetic; see ctxcoder.cpp for the
+// exact tables and update rules, which the format depends on):
+//   neighbours: ref = the value at the same column in the previous coded row, ref2 two rows back
+//   (0 when absent), left = the previous value in the row (0 at the row start);
+//   activities: ca = running mean of |v| down the column, ra = running mean along the row;
+//   five adaptive-probability models indexed by (node), (node, ca, ra), (node, rel(ref), ca / 4),
+//   (node, rel(ref), rel(ref2)), (node, rel(left), ca), mixed in the logistic domain by a
+//   weight set chosen by (node, ca / 4), then the coder step; every model and weight updates
+//   after the bit.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace pgolf {
+
+struct CtxMatrix {
+    const int8_t* codes;  // rows x cols, row-major
+    uint64_t rows, cols;
+};
+
+// Encode the matrices (values in the `bits` range) as one stream. `force_flags` < 0: the encoder
+// tries, per matrix, plain / transposed / row-permuted (greedy L1 nearest-neighbour order) /
+// both, and keeps the variant that codes that matrix smallest; 0..3 forces those flags on every
+// matrix (tests). Throws std::invalid_argument naming the first out-of-range value.
+std::vector<uint8_t> ctx_encode(const std::vector<CtxMatrix>& mats, int bits, int force_flags);
+
+// A parsed and validated stream, ready to decode. Throws stream_error on any malformed input.
+class CtxStream {
+  public:
+    CtxStream(const uint8_t* data, size_t size);
+    ~CtxStream();
+    int bits() const;
+    size_t count() const;
+    uint64_t rows(size_t k) const;
+    uint64_t cols(size_t k) const;
+    int flags(size_t k) const;
+    uint64_t total_values() const;
+    // Decode matrix k into outs[k] (rows(k) * cols(k) values, row-major), for every k.
+    // Throws stream_error when the payload is corrupt.
+    void decode(const std::vector<int8_t*>& outs) const;
+
+  private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pgolf
