@@ -111,6 +111,7 @@ def test_last_chunk_is_scored_never_trained(model, toks):
     assert seen and max(seen) == 0
 
 
+@pytest.mark.slow
 def test_kernels_agree_with_the_reference(model):
     """Triton kernels (interpreter, fp32) against the pure-torch reference over a whole small set with TTT on:
     per-token scores within 2e-5 nats, and the per-step training losses (each chunk's mean NLL) within 2e-5."""
@@ -167,6 +168,7 @@ class MultiEpoch(LoraTTT):
         return super().log_probs(batch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mutant", [AdaptBeforeScore, MultiEpoch])
 def test_illegal_variants_fail_the_audit(model, toks, mutant):
     def make():
