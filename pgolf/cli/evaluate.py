@@ -113,10 +113,9 @@ def run_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
 
 
 def run_audit(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
-    """Audit the plain model in every mode of ``eval.mode``; exit 1 when a rule fails."""
+    """Audit every mode of ``eval.mode`` (the plain model; LoRA TTT for ``ttt``); exit 1 when a rule fails."""
     from pgolf.eval.audit import audit
-    from pgolf.eval.modes import geometry_for
-    from pgolf.eval.predictor import PlainModel
+    from pgolf.eval.modes import geometry_for, predictor_for
     from pgolf.util.atomic import atomic_write_text
 
     if env.distributed:
@@ -127,7 +126,7 @@ def run_audit(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
     counts = None if x.byte_counts is None else x.byte_counts[: len(tokens)]
     reports = []
     for mode in cfg.eval_modes():
-        report = audit(lambda: PlainModel(x.model, x.device), tokens, x.table, geometry_for(cfg, mode),
+        report = audit(lambda: predictor_for(x.model, cfg, mode, tokens, x.device), tokens, x.table, geometry_for(cfg, mode),
                        byte_counts=counts, num_positions=args.positions, seed=args.seed, bos_id=cfg.eval.bos_id,
                        device=x.device, batch_tokens=cfg.eval.batch_tokens or cfg.train.val_batch_size,
                        batch_lanes=cfg.eval.batch_docs, tolerance=args.tolerance)

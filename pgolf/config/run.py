@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from pgolf.config.sections import (ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, QuantConfig,
-                                   TrainConfig)
+                                   TrainConfig, TTTConfig)
 from pgolf.config.validate import validate_run
 
 
@@ -22,6 +22,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ttt: TTTConfig = field(default_factory=TTTConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The whole configuration as nested plain values (JSON-ready)."""
@@ -79,7 +80,7 @@ class RunConfig:
         return accum
 
 
-_SECTIONS = ("model", "data", "optim", "train", "quant", "eval")
+_SECTIONS = ("model", "data", "optim", "train", "quant", "eval", "ttt")
 
 
 def _field_types(cls: type) -> dict[str, type]:
@@ -90,7 +91,7 @@ def _field_types(cls: type) -> dict[str, type]:
 
 def _section_classes() -> dict[str, type]:
     return {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
-            "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig}
+            "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig, "ttt": TTTConfig}
 
 
 def resolve_key(key: str) -> tuple[str | None, str]:

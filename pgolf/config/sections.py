@@ -166,7 +166,7 @@ class QuantConfig:
     qat_temperature_end: float = 0.05
 
 
-EVAL_MODES = ("flat", "sliding", "doc")
+EVAL_MODES = ("flat", "sliding", "doc", "ttt")
 
 
 @dataclass
@@ -174,8 +174,9 @@ class EvalConfig:
     """How the final score is computed (:mod:`pgolf.eval`): one or more scoring geometries.
 
     ``mode`` is a comma-separated list of ``flat`` (non-overlapping windows), ``sliding``
-    (window ``window``, stride ``stride``) and ``doc`` (per document, chunks of ``chunk`` targets
-    with up to ``window`` tokens of the document's prefix); the first is the reported score.
+    (window ``window``, stride ``stride``), ``doc`` (per document, chunks of ``chunk`` targets
+    with up to ``window`` tokens of the document's prefix) and ``ttt`` (``doc`` chunks scored by
+    per-document LoRA test-time training, :class:`TTTConfig`); the first is the reported score.
     """
 
     mode: str = "flat"
@@ -186,3 +187,35 @@ class EvalConfig:
     batch_tokens: int = 0  # padded tokens per forward; 0: train.val_batch_size
     bos_id: int = 1
     max_seconds: float = 0.0  # 0: no budget; past it the plain model scores the rest (counted)
+
+
+TTT_PLACES = ("q", "k", "v", "o", "mlp", "head")
+
+
+@dataclass
+class TTTConfig:
+    """Score-first per-document LoRA test-time training (``eval.mode`` ``ttt``, :mod:`pgolf.eval.ttt`).
+
+    Documents go ``eval.batch_docs`` at a time in chunks of ``eval.chunk`` targets with up to
+    ``eval.window`` tokens of context. Each document gets adapters of rank ``rank``
+    (``delta = alpha / rank * (x A^T) B^T``) at ``places`` (comma-separated from q, k, v, o, mlp,
+    head); after each scored chunk (not a document's last) one AdamW step with beta1 = 0.
+    ``phases`` > 0 adds global SGD phases on already-scored documents (the record's A.2.7).
+    """
+
+    rank: int = 80
+    alpha: float = 144.0
+    places: str = "q,k,v,o,mlp,head"
+    lr: float = 1e-4
+    adam_beta2: float = 0.99
+    eps: float = 1e-10
+    weight_decay: float = 0.5
+    warm_start_a: bool = True  # keep A across document batches (B, v and steps are reset)
+    impl: str = "auto"  # LoRA kernels: auto | triton | torch
+    lora_seed: int = 0  # random A of a fresh adapter set
+    phases: int = 0  # global SGD phases (0: off)
+    phase_docs: int = 2500  # phase k trains on the first floor(phase_docs * k / phases) scored documents
+    phase_lr: float = 1e-3  # cosine from phase_lr to 0 over a phase's chunks
+    phase_momentum: float = 0.9
+    phase_clip: float = 1.0  # global gradient L2 norm clip (0: off)
+    phase_chunk_tokens: int = 32768  # tokens per SGD step (the last chunk of a phase is skipped)

@@ -7,7 +7,7 @@ from typing import Any
 
 from pgolf.codec import COMPRESSORS
 from pgolf.config.features import check_model_features, check_recipe
-from pgolf.config.sections import EVAL_MODES, ConfigError
+from pgolf.config.sections import EVAL_MODES, TTT_PLACES, ConfigError
 from triton_kernels._dispatch import IMPLS
 from triton_kernels.fake_quant import RULES, SURROGATES
 from triton_kernels.newton_schulz import ns_coefficients
@@ -88,6 +88,7 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
     check_recipe(o, t)
     check_ns_schedule(o.ns_schedule, o.muon_backend_steps)
     validate_eval(cfg)
+    validate_ttt(cfg)
 
 
 def validate_eval(cfg: Any) -> None:
@@ -104,10 +105,43 @@ def validate_eval(cfg: Any) -> None:
         if getattr(e, key) < 0:
             raise ConfigError(f"eval.{key} must be >= 0, got {getattr(e, key)}")
     window = cfg.eval_window()
-    for key, mode in (("stride", "sliding"), ("chunk", "doc")):
+    for key, mode in (("stride", "sliding"), ("chunk", "doc"), ("chunk", "ttt")):
         if mode in modes and getattr(e, key) > window:
             raise ConfigError(f"eval.{key}={getattr(e, key)} must not exceed the window ({window}: eval.window, "
                               f"or train.seq_len when it is 0)")
+
+
+def ttt_places(places: str) -> list[str]:
+    """The adapter places of ``ttt.places`` (comma-separated, known, distinct, at least one)."""
+    names = [p.strip() for p in places.split(",") if p.strip()]
+    unknown = [p for p in names if p not in TTT_PLACES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ConfigError(f"ttt.places must be a comma-separated list of distinct places from {', '.join(TTT_PLACES)}, "
+                          f"got {places!r}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    return names
+
+
+def validate_ttt(cfg: Any) -> None:
+    """``ttt.*``: a rank within every adapted layer's input width, known places, sane optimizer values."""
+    t, m = cfg.ttt, cfg.model
+    ttt_places(t.places)
+    width = m.model_dim  # every place's adapter reads a model_dim-wide input
+    if not 1 <= t.rank <= width:
+        raise ConfigError(f"ttt.rank={t.rank} must be in 1..{width} (model.model_dim, the width of the adapted "
+                          f"layers' input): a LoRA rank cannot exceed the layer width")
+    for key in ("alpha", "adam_beta2", "eps", "lr", "weight_decay", "phase_lr", "phase_momentum", "phase_clip"):
+        v = getattr(t, key)
+        if not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"ttt.{key} must be a finite number >= 0, got {v}")
+    if not t.adam_beta2 < 1:
+        raise ConfigError(f"ttt.adam_beta2 must be < 1, got {t.adam_beta2}")
+    if t.impl not in ("auto", "triton", "torch"):
+        raise ConfigError(f"ttt.impl must be auto, triton or torch, got {t.impl!r}")
+    for key in ("phases", "phase_docs"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"ttt.{key} must be >= 0, got {getattr(t, key)}")
+    if t.phase_chunk_tokens < 2:
+        raise ConfigError(f"ttt.phase_chunk_tokens must be >= 2, got {t.phase_chunk_tokens}")
 
 
 def parse_policy(policy: str) -> list[tuple[str, int]]:

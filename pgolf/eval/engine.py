@@ -91,6 +91,7 @@ class EvalResult:
     seconds: dict[str, float] = field(default_factory=dict)  # "score", "adapt"
     record: TokenRecord | None = None
     captured: dict[int, torch.Tensor] = field(default_factory=dict)  # position -> [V] log-probs
+    counts: dict[str, int] = field(default_factory=dict)  # the predictor's own counters (e.g. TTT fallbacks)
 
 
 def _as_stream(values: Any, name: str) -> torch.Tensor:

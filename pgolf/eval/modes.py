@@ -16,15 +16,26 @@ from pgolf.config import RunConfig
 from pgolf.data.tokenizer import ByteTable
 from pgolf.eval.engine import EvalResult, evaluate_geometry
 from pgolf.eval.geometry import Geometry, make_geometry
-from pgolf.eval.predictor import PlainModel
+from pgolf.eval.predictor import PlainModel, Predictor
+from pgolf.eval.ttt import make_ttt
 from pgolf.model.gpt import GPT
 from pgolf.util.device import sync
 
 
 def geometry_for(cfg: RunConfig, mode: str) -> Geometry:
-    """The geometry of ``mode`` with the ``eval.*`` parameters of ``cfg``."""
-    return make_geometry(mode, window=cfg.eval_window(), stride=cfg.eval.stride, chunk=cfg.eval.chunk,
-                         bos_id=cfg.eval.bos_id)
+    """The geometry of ``mode`` with the ``eval.*`` parameters of ``cfg`` (``ttt`` scores ``doc`` chunks)."""
+    return make_geometry("doc" if mode == "ttt" else mode, window=cfg.eval_window(), stride=cfg.eval.stride,
+                         chunk=cfg.eval.chunk, bos_id=cfg.eval.bos_id)
+
+
+def predictor_for(model: GPT, cfg: RunConfig, mode: str, tokens: Any, device: torch.device, *, rank: int = 0,
+                  world_size: int = 1) -> Predictor:
+    """The predictor of ``mode`` on ``tokens``: :class:`LoraTTT` for ``ttt``, the plain model otherwise."""
+    if mode != "ttt":
+        return PlainModel(model, device)
+    plan = geometry_for(cfg, mode).plan(torch.as_tensor(np.asarray(tokens)))
+    return make_ttt(model, cfg.ttt, plan, device, batch_docs=cfg.eval.batch_docs, window=cfg.eval_window(),
+                    rank=rank, world_size=world_size)
 
 
 def random_stream(cfg: RunConfig, length: int, seed: int = 0) -> torch.Tensor:
@@ -39,8 +50,8 @@ def random_stream(cfg: RunConfig, length: int, seed: int = 0) -> torch.Tensor:
 def evaluate_modes(model: GPT, tokens: Any, table: ByteTable | None, cfg: RunConfig, *, device: torch.device,
                    byte_counts: Any = None, rank: int = 0, world_size: int = 1,
                    record: bool = False) -> dict[str, EvalResult]:
-    """Score ``model`` with the plain predictor in every mode of ``cfg.eval.mode``. Each result's
-    ``seconds`` holds ``warmup``, ``score`` and ``adapt``."""
+    """Score ``model`` in every mode of ``cfg.eval.mode`` (the plain model, or LoRA TTT for ``ttt``). Each
+    result's ``seconds`` holds ``warmup``, ``score`` and ``adapt``; ``counts`` the predictor's counters."""
     was_training = model.training
     model.eval()
     plain = PlainModel(model, device)
@@ -53,10 +64,14 @@ def evaluate_modes(model: GPT, tokens: Any, table: ByteTable | None, cfg: RunCon
             geometry = geometry_for(cfg, mode)
             t0 = time.perf_counter()
             warm = random_stream(cfg, min(len(tokens), 2 * cfg.eval_window() + 1))
-            evaluate_geometry(geometry, plain, warm, byte_counts=np.ones(len(warm), np.int64), **kw)
+            evaluate_geometry(geometry, predictor_for(model, cfg, mode, warm, device, rank=rank, world_size=world_size),
+                              warm, byte_counts=np.ones(len(warm), np.int64), **kw)
             sync(device)
             warmup = time.perf_counter() - t0
-            res = evaluate_geometry(geometry, plain, tokens, table, byte_counts=byte_counts, record=record, **kw)
+            predictor = predictor_for(model, cfg, mode, tokens, device, rank=rank, world_size=world_size)
+            res = evaluate_geometry(geometry, predictor, tokens, table, byte_counts=byte_counts, record=record, **kw)
+            res.mode = mode
+            res.counts = dict(getattr(predictor, "counts", {}))
             res.seconds["warmup"] = warmup
             results[mode] = res
     finally:
@@ -73,5 +88,6 @@ def result_lines(results: dict[str, EvalResult], tag: str, load_seconds: float) 
         sec = r.seconds
         lines.append(f"eval_{mode} tokens:{s.tokens} chunks:{r.chunks} load:{1000 * load_seconds:.0f}ms "
                      f"warmup:{1000 * sec['warmup']:.0f}ms score:{1000 * sec['score']:.0f}ms "
-                     f"adapt:{1000 * sec['adapt']:.0f}ms fallback_tokens:{r.fallback_tokens}")
+                     f"adapt:{1000 * sec['adapt']:.0f}ms fallback_tokens:{r.fallback_tokens}"
+                     + "".join(f" {k}:{v}" for k, v in r.counts.items()))
     return lines
