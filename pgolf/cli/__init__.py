@@ -55,7 +55,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    """``pgolf audit``: the legality checks of each ``eval.mode`` with the plain model; exit 1 on a failure."""
+    """``pgolf audit``: the legality checks of each ``eval.mode`` (its predictors on the model); exit 1 on a failure."""
     from pgolf.util.device import DistEnv
 
     args.sets = list(args.sets) + eval_cmd.eval_sets(args)

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pgolf.config import EVAL_MODES, RunConfig
+from pgolf.config import EVAL_MODES, PREDICTORS, RunConfig
 
 
 def add_source_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,7 +16,8 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--artifact", help="an artifact (model.pgolf) written by pgolf train")
     p.add_argument("--val-glob", help="validation shards (default: the preset's data.val_glob)")
     p.add_argument("--tokenizer", help="SentencePiece model (default: the preset's data.tokenizer)")
-    p.add_argument("--mode", help=f"eval.mode: one or more of {', '.join(EVAL_MODES)}, comma-separated")
+    p.add_argument("--mode", help=f"eval.mode: comma-separated modes, each a geometry ({', '.join(EVAL_MODES)}) "
+                                  f"and/or predictors ({', '.join(PREDICTORS)}) joined by '+', e.g. doc,cache")
     for flag, key in (("--window", "window"), ("--stride", "stride"), ("--chunk", "chunk"),
                       ("--batch-docs", "batch_docs"), ("--max-seconds", "max_seconds")):
         p.add_argument(flag, dest=key, metavar="N", help=f"eval.{key}")
@@ -113,10 +114,9 @@ def run_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
 
 
 def run_audit(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
-    """Audit the plain model in every mode of ``eval.mode``; exit 1 when a rule fails."""
+    """Audit every mode of ``eval.mode`` (its predictor stack on the model); exit 1 when a rule fails."""
     from pgolf.eval.audit import audit
-    from pgolf.eval.modes import geometry_for
-    from pgolf.eval.predictor import PlainModel
+    from pgolf.eval.modes import geometry_for, predictor_for
     from pgolf.util.atomic import atomic_write_text
 
     if env.distributed:
@@ -127,9 +127,10 @@ def run_audit(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
     counts = None if x.byte_counts is None else x.byte_counts[: len(tokens)]
     reports = []
     for mode in cfg.eval_modes():
-        report = audit(lambda: PlainModel(x.model, x.device), tokens, x.table, geometry_for(cfg, mode),
-                       byte_counts=counts, num_positions=args.positions, seed=args.seed, bos_id=cfg.eval.bos_id,
-                       device=x.device, batch_tokens=cfg.eval.batch_tokens or cfg.train.val_batch_size,
+        report = audit(lambda mode=mode: predictor_for(cfg, mode, x.model, x.device), tokens, x.table,
+                       geometry_for(cfg, mode), byte_counts=counts, num_positions=args.positions, seed=args.seed,
+                       bos_id=cfg.eval.bos_id, device=x.device,
+                       batch_tokens=cfg.eval.batch_tokens or cfg.train.val_batch_size,
                        batch_lanes=cfg.eval.batch_docs, tolerance=args.tolerance)
         print(report.table())
         reports.append(report)

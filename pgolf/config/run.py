@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from pgolf.config.sections import (ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, QuantConfig,
+from pgolf.config.sections import (CacheConfig, ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, QuantConfig,
                                    TrainConfig)
 from pgolf.config.validate import validate_run
 
@@ -22,6 +22,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The whole configuration as nested plain values (JSON-ready)."""
@@ -79,7 +80,7 @@ class RunConfig:
         return accum
 
 
-_SECTIONS = ("model", "data", "optim", "train", "quant", "eval")
+_SECTIONS = ("model", "data", "optim", "train", "quant", "eval", "cache")
 
 
 def _field_types(cls: type) -> dict[str, type]:
@@ -90,7 +91,8 @@ def _field_types(cls: type) -> dict[str, type]:
 
 def _section_classes() -> dict[str, type]:
     return {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
-            "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig}
+            "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig,
+            "cache": CacheConfig}
 
 
 def resolve_key(key: str) -> tuple[str | None, str]:
