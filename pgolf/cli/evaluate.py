@@ -42,15 +42,11 @@ class Loaded:
     load_seconds: float
 
 
-def load_for_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> Loaded:
-    """Load the checkpoint or artifact of ``args`` and the validation stream."""
-    import numpy as np
-    import torch
-
+def load_model(args: argparse.Namespace, cfg: RunConfig, env: Any) -> tuple[Any, Any, float]:
+    """The model of ``args.checkpoint`` or ``args.artifact`` on its device (``cfg.model`` set from
+    it), the device, and the load time in seconds."""
     from pgolf.artifact.export import load_exported
     from pgolf.config import ModelConfig
-    from pgolf.data.shards import load_tokens
-    from pgolf.data.tokenizer import byte_table, load_tokenizer
     from pgolf.model.gpt import GPT
     from pgolf.train.checkpoint import load_checkpoint
     from pgolf.util.device import pick_device
@@ -66,8 +62,18 @@ def load_for_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> Loaded:
     else:
         model = load_exported(args.artifact)
         cfg.model = model.cfg
-    model = model.to(device)
-    load_seconds = time.perf_counter() - t0
+    return model.to(device), device, time.perf_counter() - t0
+
+
+def load_for_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> Loaded:
+    """Load the checkpoint or artifact of ``args`` and the validation stream."""
+    import numpy as np
+    import torch
+
+    from pgolf.data.shards import load_tokens
+    from pgolf.data.tokenizer import byte_table, load_tokenizer
+
+    model, device, load_seconds = load_model(args, cfg, env)
     sp = load_tokenizer(args.tokenizer or cfg.data.tokenizer)
     cfg.validate(tokenizer_vocab=int(sp.vocab_size()))
     tokens = torch.from_numpy(load_tokens(args.val_glob or cfg.data.val_glob,

@@ -179,9 +179,9 @@ class CacheConfig:
     scoring order. ``pgolf tune-cache`` picks theta, lam and window on training tokens.
     """
 
-    theta: float = 1.0
+    theta: float = 10.0
     lam: float = 0.1
     lam_rule: str = "fixed"
     window: int = 2048  # 0: every scored position
     per_doc: bool = False
-    similarity: str = "dot"
+    similarity: str = "cosine"
