@@ -28,9 +28,9 @@ def run_dir(tmp_path, sp1024_path):
     write_shard(tmp_path / "train_000000.bin", gen.integers(3, 1024, 500).astype(np.uint16))
     write_shard(tmp_path / "train_000001.bin", np.concatenate(docs).astype(np.uint16))
     write_shard(tmp_path / "val_000000.bin", np.concatenate(docs).astype(np.uint16))
-    return tmp_path, ["--preset", "demo", "--config", str(tmp_path / "config.json"), "--tokenizer", str(sp1024_path),
-                      "--set", f"data.train_glob={tmp_path}/train_*.bin", "--set", f"data.val_glob={tmp_path}/val_*.bin",
-                      "--set", "eval.chunk=8", "--set", "eval.window=32", "--checkpoint", str(tmp_path / "checkpoint.pt")]
+    return tmp_path, ["--preset", "demo", "--config", str(tmp_path / "config.json"),
+                      "--tokenizer", str(sp1024_path), "--set", f"data.train_glob={tmp_path}/train_*.bin",
+                      "--set", f"data.val_glob={tmp_path}/val_*.bin", "--set", "eval.chunk=8", "--set", "eval.window=32", "--checkpoint", str(tmp_path / "checkpoint.pt")]
 
 
 def test_held_out_slice_is_the_end_of_the_last_training_shard(run_dir):
@@ -56,7 +56,8 @@ def test_tune_cache_writes_the_best_point_and_never_reads_validation(run_dir, mo
                      "--window", "16,512"]) == 0
     out = capsys.readouterr().out
     assert opened and not any("val_" in p for p in opened), opened
-    grid = {line.split(" bpb:")[0]: float(line.split("bpb:")[1]) for line in out.splitlines() if line.startswith("theta:")}
+    grid = {line.split(" bpb:")[0]: float(line.split("bpb:")[1])
+            for line in out.splitlines() if line.startswith("theta:")}
     assert len(grid) == 8
     best = min(grid, key=grid.get)
     saved = json.loads((d / "config.json").read_text())

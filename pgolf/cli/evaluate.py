@@ -138,6 +138,7 @@ def run_audit(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
                        bos_id=cfg.eval.bos_id, device=x.device,
                        batch_tokens=cfg.eval.batch_tokens or cfg.train.val_batch_size,
                        batch_lanes=cfg.eval.batch_docs, tolerance=args.tolerance)
+        report.mode = mode  # the geometry's name, with its predictors
         print(report.table())
         reports.append(report)
     if args.json:
