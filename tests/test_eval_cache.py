@@ -46,7 +46,7 @@ def ones(stream):
 
 
 def cache(model, **kw):
-    kw = {"theta": 0.5, "lam": 0.3, **kw}
+    kw = {"theta": 0.5, "lam": 0.3, "similarity": "dot", **kw}
     return NeuralCache(PlainModel(model, CPU), V, **kw)
 
 
