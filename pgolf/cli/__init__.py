@@ -1,4 +1,4 @@
-"""The ``pgolf`` command: ``train``, ``eval``, ``audit``, ``data``, ``config`` and ``submit``.
+"""The ``pgolf`` command: ``train``, ``eval``, ``audit``, ``tune-cache``, ``data``, ``config`` and ``submit``.
 
 This is the only place that reads the environment: torchrun's ``RANK``/``WORLD_SIZE``/
 ``LOCAL_RANK`` and the official ``train_gpt.py`` variable names (``ITERATIONS=...``).
@@ -13,6 +13,7 @@ import sys
 from pgolf.cli import data as data_cmd
 from pgolf.cli import evaluate as eval_cmd
 from pgolf.cli import submit as submit_cmd
+from pgolf.cli import tune as tune_cmd
 from pgolf.config import PRESETS, ConfigError, RunConfig, load_config
 
 
@@ -56,15 +57,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    """``pgolf audit``: the legality checks of each ``eval.mode`` with the plain model; exit 1 on a failure."""
+    """``pgolf audit``: the legality checks of each ``eval.mode`` (its predictors on the model); exit 1 on a failure."""
     from pgolf.util.device import DistEnv
 
     args.sets = list(args.sets) + eval_cmd.eval_sets(args)
     return eval_cmd.run_audit(args, _resolve(args), DistEnv.from_environ(os.environ))
 
 
+def cmd_tune_cache(args: argparse.Namespace) -> int:
+    """``pgolf tune-cache``: choose cache.theta / lam / window on training tokens; write them to a config."""
+    from pgolf.util.device import DistEnv
+
+    return tune_cmd.run(args, _resolve(args), DistEnv.from_environ(os.environ))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``pgolf`` argument parser with its five subcommands."""
+    """The ``pgolf`` argument parser with its six subcommands."""
     parser = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf engine: data, train, eval.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -82,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_arguments(p, q)
     p.set_defaults(func=cmd_eval)
     q.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("tune-cache", help="choose the neural cache's theta, lam, window on held-out training tokens")
+    _add_config_args(p)
+    tune_cmd.add_arguments(p)
+    p.set_defaults(func=cmd_tune_cache)
 
     p = sub.add_parser("data", help="build train/val shards (and optionally a tokenizer) from text")
     data_cmd.add_arguments(p)

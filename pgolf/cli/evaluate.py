@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pgolf.config import EVAL_MODES, RunConfig
+from pgolf.config import EVAL_MODES, PREDICTORS, RunConfig
 
 
 def add_source_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,7 +16,8 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--artifact", help="an artifact (model.pgolf) written by pgolf train")
     p.add_argument("--val-glob", help="validation shards (default: the preset's data.val_glob)")
     p.add_argument("--tokenizer", help="SentencePiece model (default: the preset's data.tokenizer)")
-    p.add_argument("--mode", help=f"eval.mode: one or more of {', '.join(EVAL_MODES)}, comma-separated")
+    p.add_argument("--mode", help=f"eval.mode: comma-separated modes, each a geometry ({', '.join(EVAL_MODES)}) "
+                                  f"and/or predictors ({', '.join(PREDICTORS)}) joined by '+', e.g. doc,cache")
     for flag, key in (("--window", "window"), ("--stride", "stride"), ("--chunk", "chunk"),
                       ("--batch-docs", "batch_docs"), ("--max-seconds", "max_seconds")):
         p.add_argument(flag, dest=key, metavar="N", help=f"eval.{key}")
@@ -41,15 +42,11 @@ class Loaded:
     load_seconds: float
 
 
-def load_for_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> Loaded:
-    """Load the checkpoint or artifact of ``args`` and the validation stream."""
-    import numpy as np
-    import torch
-
+def load_model(args: argparse.Namespace, cfg: RunConfig, env: Any) -> tuple[Any, Any, float]:
+    """The model of ``args.checkpoint`` or ``args.artifact`` on its device (``cfg.model`` set from
+    it), the device, and the load time in seconds."""
     from pgolf.artifact.export import load_exported
     from pgolf.config import ModelConfig
-    from pgolf.data.shards import load_tokens
-    from pgolf.data.tokenizer import byte_table, load_tokenizer
     from pgolf.model.gpt import GPT
     from pgolf.train.checkpoint import load_checkpoint
     from pgolf.util.device import pick_device
@@ -65,8 +62,18 @@ def load_for_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> Loaded:
     else:
         model = load_exported(args.artifact)
         cfg.model = model.cfg
-    model = model.to(device)
-    load_seconds = time.perf_counter() - t0
+    return model.to(device), device, time.perf_counter() - t0
+
+
+def load_for_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> Loaded:
+    """Load the checkpoint or artifact of ``args`` and the validation stream."""
+    import numpy as np
+    import torch
+
+    from pgolf.data.shards import load_tokens
+    from pgolf.data.tokenizer import byte_table, load_tokenizer
+
+    model, device, load_seconds = load_model(args, cfg, env)
     sp = load_tokenizer(args.tokenizer or cfg.data.tokenizer)
     cfg.validate(tokenizer_vocab=int(sp.vocab_size()))
     tokens = torch.from_numpy(load_tokens(args.val_glob or cfg.data.val_glob,
@@ -113,7 +120,7 @@ def run_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
 
 
 def run_audit(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
-    """Audit every mode of ``eval.mode`` (the plain model; LoRA TTT for ``ttt``); exit 1 when a rule fails."""
+    """Audit every mode of ``eval.mode`` (its predictor stack on the model); exit 1 when a rule fails."""
     from pgolf.eval.audit import audit
     from pgolf.eval.modes import geometry_for, predictor_for
     from pgolf.util.atomic import atomic_write_text
@@ -126,10 +133,12 @@ def run_audit(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
     counts = None if x.byte_counts is None else x.byte_counts[: len(tokens)]
     reports = []
     for mode in cfg.eval_modes():
-        report = audit(lambda: predictor_for(x.model, cfg, mode, tokens, x.device), tokens, x.table, geometry_for(cfg, mode),
-                       byte_counts=counts, num_positions=args.positions, seed=args.seed, bos_id=cfg.eval.bos_id,
-                       device=x.device, batch_tokens=cfg.eval.batch_tokens or cfg.train.val_batch_size,
+        report = audit(lambda mode=mode: predictor_for(cfg, mode, x.model, x.device, tokens=tokens), tokens, x.table,
+                       geometry_for(cfg, mode), byte_counts=counts, num_positions=args.positions, seed=args.seed,
+                       bos_id=cfg.eval.bos_id, device=x.device,
+                       batch_tokens=cfg.eval.batch_tokens or cfg.train.val_batch_size,
                        batch_lanes=cfg.eval.batch_docs, tolerance=args.tolerance)
+        report.mode = mode  # the geometry's name, with its predictors
         print(report.table())
         reports.append(report)
     if args.json:

@@ -16,10 +16,11 @@ message naming the key.
 from pgolf.config.load import ENV_OVERRIDES, env_overrides, load_config
 from pgolf.config.presets import PRESETS
 from pgolf.config.run import RunConfig, parse_value, resolve_key
-from pgolf.config.sections import (EVAL_MODES, ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig,
-                                   QuantConfig, TrainConfig, TTTConfig)
+from pgolf.config.sections import (EVAL_MODES, PREDICTORS, CacheConfig, ConfigError, DataConfig, EvalConfig,
+                                   ModelConfig, OptimConfig, QuantConfig, TrainConfig, TTTConfig, split_mode)
 from pgolf.config.validate import parse_policy, parse_sigma_policy
 
-__all__ = ["ENV_OVERRIDES", "EVAL_MODES", "PRESETS", "ConfigError", "DataConfig", "EvalConfig", "ModelConfig",
-           "OptimConfig", "QuantConfig", "RunConfig", "TTTConfig", "TrainConfig", "env_overrides", "load_config", "parse_policy",
-           "parse_sigma_policy", "parse_value", "resolve_key"]
+__all__ = ["ENV_OVERRIDES", "EVAL_MODES", "PREDICTORS", "PRESETS", "CacheConfig", "ConfigError", "DataConfig",
+           "EvalConfig", "ModelConfig", "OptimConfig", "QuantConfig", "RunConfig", "TTTConfig", "TrainConfig",
+           "env_overrides", "load_config", "parse_policy", "parse_sigma_policy", "parse_value", "resolve_key",
+           "split_mode"]

@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from pgolf.config.sections import (ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, QuantConfig,
-                                   TrainConfig, TTTConfig)
+from pgolf.config.sections import (CacheConfig, ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig,
+                                   QuantConfig, TrainConfig, TTTConfig)
 from pgolf.config.validate import validate_run
 
 
@@ -23,6 +23,7 @@ class RunConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ttt: TTTConfig = field(default_factory=TTTConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The whole configuration as nested plain values (JSON-ready)."""
@@ -80,7 +81,7 @@ class RunConfig:
         return accum
 
 
-_SECTIONS = ("model", "data", "optim", "train", "quant", "eval", "ttt")
+_SECTIONS = ("model", "data", "optim", "train", "quant", "eval", "ttt", "cache")
 
 
 def _field_types(cls: type) -> dict[str, type]:
@@ -91,7 +92,8 @@ def _field_types(cls: type) -> dict[str, type]:
 
 def _section_classes() -> dict[str, type]:
     return {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
-            "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig, "ttt": TTTConfig}
+            "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig, "ttt": TTTConfig,
+            "cache": CacheConfig}
 
 
 def resolve_key(key: str) -> tuple[str | None, str]:

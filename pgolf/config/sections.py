@@ -166,7 +166,24 @@ class QuantConfig:
     qat_temperature_end: float = 0.05
 
 
-EVAL_MODES = ("flat", "sliding", "doc", "ttt")
+EVAL_MODES = ("flat", "sliding", "doc")
+# Predictors a mode may stack on the model, inner first: "ttt" (LoRA test-time
+# training; it adapts the model itself, so it comes first) and "cache" (a neural cache over scored hidden states).
+PREDICTORS = ("ttt", "cache")
+CACHE_SIMILARITIES = ("dot", "cosine")
+CACHE_LAM_RULES = ("fixed", "entropy")
+
+
+def split_mode(mode: str) -> tuple[str, tuple[str, ...]]:
+    """``"flat"`` -> ``("flat", ())``; ``"ttt+cache"`` -> ``("doc", ("ttt", "cache"))``.
+
+    A mode is ``+``-joined names: at most one geometry (:data:`EVAL_MODES`; ``doc`` when none is
+    named, the geometry adaptive predictors are made for) and the predictors stacked on the model,
+    innermost first. Names are not checked here (:func:`pgolf.config.validate.validate_eval` does).
+    """
+    names = [n.strip() for n in mode.split("+")]
+    geometries = [n for n in names if n in EVAL_MODES]
+    return (geometries[0] if geometries else "doc"), tuple(n for n in names if n not in EVAL_MODES)
 
 
 @dataclass
@@ -219,3 +236,23 @@ class TTTConfig:
     phase_momentum: float = 0.9
     phase_clip: float = 1.0  # global gradient L2 norm clip (0: off)
     phase_chunk_tokens: int = 32768  # tokens per SGD step (the last chunk of a phase is skipped)
+
+
+@dataclass
+class CacheConfig:
+    """The neural cache of the ``cache`` eval modes (:mod:`pgolf.eval.cache`).
+
+    ``p(w) = (1 - lam_t) p_model(w) + lam_t p_cache(w)``, ``p_cache(w)`` proportional to
+    ``sum exp(theta * sim(h_t, h_i))`` over the last ``window`` scored positions ``i`` whose next
+    token is ``w``. ``lam_rule``: ``fixed`` (``lam_t = lam``) or ``entropy``
+    (``lam_t = lam * H_t / log V``, ``H_t`` the model's own entropy at ``t``). ``per_doc``: a cache
+    per document (doc geometry; flat and sliding score one stream), else one across documents in
+    scoring order. ``pgolf tune-cache`` picks theta, lam and window on training tokens.
+    """
+
+    theta: float = 10.0
+    lam: float = 0.1
+    lam_rule: str = "fixed"
+    window: int = 2048  # 0: every scored position
+    per_doc: bool = False
+    similarity: str = "cosine"

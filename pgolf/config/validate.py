@@ -7,7 +7,8 @@ from typing import Any
 
 from pgolf.codec import COMPRESSORS
 from pgolf.config.features import check_model_features, check_recipe
-from pgolf.config.sections import EVAL_MODES, TTT_PLACES, ConfigError
+from pgolf.config.sections import (CACHE_LAM_RULES, CACHE_SIMILARITIES, EVAL_MODES, PREDICTORS, TTT_PLACES,
+                                   ConfigError, split_mode)
 from triton_kernels._dispatch import IMPLS
 from triton_kernels.fake_quant import RULES, SURROGATES
 from triton_kernels.newton_schulz import ns_coefficients
@@ -89,15 +90,24 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
     check_ns_schedule(o.ns_schedule, o.muon_backend_steps)
     validate_eval(cfg)
     validate_ttt(cfg)
+    validate_cache(cfg)
 
 
 def validate_eval(cfg: Any) -> None:
     """``eval.*``: known modes, positive sizes, the stride (sliding) and chunk (doc) within the window."""
     e = cfg.eval
     modes = cfg.eval_modes()
-    if not modes or any(m not in EVAL_MODES for m in modes) or len(set(modes)) != len(modes):
-        raise ConfigError(f"eval.mode must be a comma-separated list of distinct modes from "
-                          f"{', '.join(EVAL_MODES)}, got {e.mode!r}")
+    if not modes or len(set(modes)) != len(modes):
+        raise ConfigError(f"eval.mode must be a comma-separated list of distinct modes, got {e.mode!r}")
+    for mode in modes:
+        names = [n.strip() for n in mode.split("+")]
+        unknown = [n for n in names if n not in EVAL_MODES + PREDICTORS]
+        if unknown or sum(n in EVAL_MODES for n in names) > 1 or len(set(names)) != len(names):
+            raise ConfigError(f"eval.mode must be a comma-separated list of modes; the item {mode!r} must be one "
+                              f"geometry ({', '.join(EVAL_MODES)}; doc when left out) and/or distinct predictors "
+                              f"({', '.join(PREDICTORS)}) joined by '+'"
+                              + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    geometries = [split_mode(m)[0] for m in modes]
     for key in ("stride", "chunk", "batch_docs"):
         if getattr(e, key) <= 0:
             raise ConfigError(f"eval.{key} must be positive, got {getattr(e, key)}")
@@ -105,8 +115,8 @@ def validate_eval(cfg: Any) -> None:
         if getattr(e, key) < 0:
             raise ConfigError(f"eval.{key} must be >= 0, got {getattr(e, key)}")
     window = cfg.eval_window()
-    for key, mode in (("stride", "sliding"), ("chunk", "doc"), ("chunk", "ttt")):
-        if mode in modes and getattr(e, key) > window:
+    for key, mode in (("stride", "sliding"), ("chunk", "doc")):
+        if mode in geometries and getattr(e, key) > window:
             raise ConfigError(f"eval.{key}={getattr(e, key)} must not exceed the window ({window}: eval.window, "
                               f"or train.seq_len when it is 0)")
 
@@ -142,6 +152,22 @@ def validate_ttt(cfg: Any) -> None:
             raise ConfigError(f"ttt.{key} must be >= 0, got {getattr(t, key)}")
     if t.phase_chunk_tokens < 2:
         raise ConfigError(f"ttt.phase_chunk_tokens must be >= 2, got {t.phase_chunk_tokens}")
+
+
+def validate_cache(cfg: Any) -> None:
+    """``cache.*``: theta > 0 and finite, lam in [0, 1), window >= 0, a known similarity and lam rule."""
+    c = cfg.cache
+    if not (c.theta > 0 and math.isfinite(c.theta)):
+        raise ConfigError(f"cache.theta must be a finite number > 0, got {c.theta}")
+    if not 0.0 <= c.lam < 1.0:
+        raise ConfigError(f"cache.lam must be in [0, 1) (1 would give tokens missing from the cache probability 0), "
+                          f"got {c.lam}")
+    if c.window < 0:
+        raise ConfigError(f"cache.window must be >= 0 (0: every scored position), got {c.window}")
+    for key, value, allowed in (("similarity", c.similarity, CACHE_SIMILARITIES),
+                                ("lam_rule", c.lam_rule, CACHE_LAM_RULES)):
+        if value not in allowed:
+            raise ConfigError(f"cache.{key} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def parse_policy(policy: str) -> list[tuple[str, int]]:

@@ -3,6 +3,14 @@
 Used by the final report (:mod:`pgolf.pipeline`) and ``pgolf eval``. For each mode: a warm-up
 of the same geometry on random tokens (never validation data), then the scoring, with the
 engine's split into scoring and adaptation time; artifact load time is the caller's.
+
+A mode is a geometry and the predictors stacked on the model (:func:`pgolf.config.split_mode`:
+``doc``, ``cache`` = ``doc+cache``, ``flat+cache``, ``ttt+cache``). :data:`STACKABLE` maps each
+predictor name to a factory ``(inner, model, cfg, device) -> predictor`` that wraps (or, for a
+predictor that adapts the model itself, replaces) the predictor below it: the seam where
+test-time training plugs in, as ``"ttt"`` (also added to :data:`pgolf.config.PREDICTORS`), with a
+predictor that implements ``log_probs_and_hidden`` so that ``ttt+cache`` caches the adapted
+model's hidden states.
 """
 from __future__ import annotations
 
@@ -12,30 +20,48 @@ from typing import Any
 import numpy as np
 import torch
 
-from pgolf.config import RunConfig
+from pgolf.config import RunConfig, split_mode
 from pgolf.data.tokenizer import ByteTable
 from pgolf.eval.engine import EvalResult, evaluate_geometry
 from pgolf.eval.geometry import Geometry, make_geometry
+from pgolf.eval.cache import NeuralCache
 from pgolf.eval.predictor import PlainModel, Predictor
 from pgolf.eval.ttt import make_ttt
 from pgolf.model.gpt import GPT
 from pgolf.util.device import sync
 
 
+STACKABLE = {
+    "cache": lambda inner, model, cfg, device: NeuralCache.from_config(inner, cfg.cache, cfg.model.vocab_size),
+}
+
+
 def geometry_for(cfg: RunConfig, mode: str) -> Geometry:
-    """The geometry of ``mode`` with the ``eval.*`` parameters of ``cfg`` (``ttt`` scores ``doc`` chunks)."""
-    return make_geometry("doc" if mode == "ttt" else mode, window=cfg.eval_window(), stride=cfg.eval.stride,
+    """The geometry of ``mode`` with the ``eval.*`` parameters of ``cfg``."""
+    return make_geometry(split_mode(mode)[0], window=cfg.eval_window(), stride=cfg.eval.stride,
                          chunk=cfg.eval.chunk, bos_id=cfg.eval.bos_id)
 
 
-def predictor_for(model: GPT, cfg: RunConfig, mode: str, tokens: Any, device: torch.device, *, rank: int = 0,
-                  world_size: int = 1) -> Predictor:
-    """The predictor of ``mode`` on ``tokens``: :class:`LoraTTT` for ``ttt``, the plain model otherwise."""
-    if mode != "ttt":
-        return PlainModel(model, device)
-    plan = geometry_for(cfg, mode).plan(torch.as_tensor(np.asarray(tokens)))
-    return make_ttt(model, cfg.ttt, plan, device, batch_docs=cfg.eval.batch_docs, window=cfg.eval_window(),
-                    rank=rank, world_size=world_size)
+def predictor_for(cfg: RunConfig, mode: str, model: GPT, device: torch.device, *, tokens: Any = None,
+                  rank: int = 0, world_size: int = 1) -> Predictor:
+    """A fresh predictor of ``mode`` on ``tokens``: the base -- LoRA TTT when the mode names ``ttt``
+    (it adapts the model itself, so it must come first; it needs the stream's plan), else the plain
+    model -- with the mode's other predictors (:data:`STACKABLE`) stacked on it, innermost first."""
+    names = list(split_mode(mode)[1])
+    if "ttt" in names[1:]:
+        raise ValueError(f"eval mode {mode!r}: ttt adapts the model itself and must come first (e.g. ttt+cache)")
+    if names[:1] == ["ttt"]:
+        names.pop(0)
+        plan = geometry_for(cfg, mode).plan(torch.as_tensor(np.asarray(tokens)))
+        predictor: Predictor = make_ttt(model, cfg.ttt, plan, device, batch_docs=cfg.eval.batch_docs,
+                                        window=cfg.eval_window(), rank=rank, world_size=world_size)
+    else:
+        predictor = PlainModel(model, device)
+    for name in names:
+        if name not in STACKABLE:
+            raise ValueError(f"eval mode {mode!r}: no predictor named {name!r}; known: ttt, {', '.join(STACKABLE)}")
+        predictor = STACKABLE[name](predictor, model, cfg, device)
+    return predictor
 
 
 def random_stream(cfg: RunConfig, length: int, seed: int = 0) -> torch.Tensor:
@@ -50,8 +76,9 @@ def random_stream(cfg: RunConfig, length: int, seed: int = 0) -> torch.Tensor:
 def evaluate_modes(model: GPT, tokens: Any, table: ByteTable | None, cfg: RunConfig, *, device: torch.device,
                    byte_counts: Any = None, rank: int = 0, world_size: int = 1,
                    record: bool = False) -> dict[str, EvalResult]:
-    """Score ``model`` in every mode of ``cfg.eval.mode`` (the plain model, or LoRA TTT for ``ttt``). Each
-    result's ``seconds`` holds ``warmup``, ``score`` and ``adapt``; ``counts`` the predictor's counters."""
+    """Score ``model`` in every mode of ``cfg.eval.mode`` (:func:`predictor_for`; the plain model is
+    the time budget's fallback). Each result's ``seconds`` holds ``warmup``, ``score`` and ``adapt``;
+    ``counts`` the predictor's counters (TTT fallbacks)."""
     was_training = model.training
     model.eval()
     plain = PlainModel(model, device)
@@ -64,11 +91,12 @@ def evaluate_modes(model: GPT, tokens: Any, table: ByteTable | None, cfg: RunCon
             geometry = geometry_for(cfg, mode)
             t0 = time.perf_counter()
             warm = random_stream(cfg, min(len(tokens), 2 * cfg.eval_window() + 1))
-            evaluate_geometry(geometry, predictor_for(model, cfg, mode, warm, device, rank=rank, world_size=world_size),
+            evaluate_geometry(geometry, predictor_for(cfg, mode, model, device, tokens=warm, rank=rank,
+                                                      world_size=world_size),
                               warm, byte_counts=np.ones(len(warm), np.int64), **kw)
             sync(device)
             warmup = time.perf_counter() - t0
-            predictor = predictor_for(model, cfg, mode, tokens, device, rank=rank, world_size=world_size)
+            predictor = predictor_for(cfg, mode, model, device, tokens=tokens, rank=rank, world_size=world_size)
             res = evaluate_geometry(geometry, predictor, tokens, table, byte_counts=byte_counts, record=record, **kw)
             res.mode = mode
             res.counts = dict(getattr(predictor, "counts", {}))

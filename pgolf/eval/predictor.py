@@ -23,6 +23,11 @@ chunk). Adaptive predictors (LoRA test-time training, a neural cache) set ``stat
 and get one chunk per row, each document's chunks in order, ``update`` between them.
 
 :class:`PlainModel` is the first predictor: the trained model, unchanged by what it scores.
+
+Optional: a predictor that can also give the final hidden states (before the output head) it
+scored with implements :class:`HiddenStates`; a neural cache (:mod:`pgolf.eval.cache`) wraps any
+such predictor, e.g. the plain model or a test-time-trained one (its hidden states then come from
+the adapted model).
 """
 from __future__ import annotations
 
@@ -84,6 +89,16 @@ class Predictor(Protocol):
         ...
 
 
+@runtime_checkable
+class HiddenStates(Protocol):
+    """A predictor that also returns the hidden states its log-probabilities came from."""
+
+    def log_probs_and_hidden(self, batch: ChunkBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log_probs [n, V], hidden [n, D])`` at the scored positions, from one forward; the
+        log-probabilities are exactly those :meth:`Predictor.log_probs` returns."""
+        ...
+
+
 class PlainModel:
     """The model as trained: ``log_softmax`` of its logits, in inference mode, nothing adapted.
 
@@ -96,9 +111,12 @@ class PlainModel:
         self.model, self.device = model, device
 
     def log_probs(self, batch: ChunkBatch) -> torch.Tensor:
+        return self.log_probs_and_hidden(batch)[0]
+
+    def log_probs_and_hidden(self, batch: ChunkBatch) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode(), autocast_for(self.device):
             h = self.model.hidden_states(batch.inputs)[batch.rows, batch.cols]  # [n, D]
-            return self.model.logits_from_hidden(h).float().log_softmax(-1)
+            return self.model.logits_from_hidden(h).float().log_softmax(-1), h
 
     def update(self, scored: ScoredBatch) -> None:
         pass
