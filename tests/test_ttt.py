@@ -144,7 +144,7 @@ class AdaptBeforeScore(LoraTTT):
     """Illegal: trains on the chunk (its inputs hold its targets but the last) before scoring it."""
 
     def log_probs(self, batch: ChunkBatch) -> torch.Tensor:
-        lp = self._forward(batch, self._slots(batch))
+        lp = self._forward(batch, self._slots(batch))[0]
         inputs = batch.inputs[batch.rows, (batch.cols + 1).clamp(max=batch.inputs.shape[1] - 1)]
         self._train(batch, -lp.gather(1, inputs[:, None]).squeeze(1))
         return super().log_probs(batch)
@@ -163,7 +163,7 @@ class MultiEpoch(LoraTTT):
             sizes = self.plan.stop - self.plan.start
             for s in self.schedule.groups[g]:
                 b = make_batch(self.schedule.steps[s], self.tokens, self.schedule.seq, sizes, self.device)
-                lp = self._forward(b, self._slots(b))
+                lp = self._forward(b, self._slots(b))[0]
                 self._train(b, -lp.gather(1, self.tokens[b.positions][:, None]).squeeze(1))
         return super().log_probs(batch)
 
@@ -223,3 +223,29 @@ def test_bad_input_is_named():
         cfg.validate()
     with pytest.raises(ValueError, match="ttt.rank"):
         ttt(tiny_model(), stream(), dataclasses.replace(BASE, rank=33))
+
+
+def test_ttt_plus_cache_stacks_the_cache_on_the_adapted_model(model, toks):
+    """``ttt+cache``: with lam = 0 the cache passes TTT's scores through exactly; with lam > 0 it
+    changes them, and the stack passes the audit (score before update, causality, normalisation)."""
+    from pgolf.config import load_config
+    from pgolf.eval.modes import predictor_for
+
+    def cfg(lam):
+        c = load_config("demo", sets=[f"model.vocab_size={V}", "model.num_layers=2", "model.model_dim=32",
+                                      "model.num_heads=2", "model.num_kv_heads=1", f"eval.chunk={CHUNK}",
+                                      f"eval.window={WINDOW}", f"eval.batch_docs={LANES}", "eval.mode=ttt+cache",
+                                      "ttt.rank=4", "ttt.alpha=8", "ttt.lr=0.01", "ttt.impl=torch",
+                                      f"cache.lam={lam}", "cache.window=64"])
+        return c
+    alone = run(ttt(model, toks), toks).record.nll[1:]
+    passthrough = run(predictor_for(cfg(0.0), "ttt+cache", model, CPU, tokens=toks), toks).record.nll[1:]
+    assert np.array_equal(alone, passthrough)
+    mixed = run(predictor_for(cfg(0.3), "ttt+cache", model, CPU, tokens=toks), toks).record.nll[1:]
+    assert np.abs(mixed - alone).max() > 1e-3
+    small = stream(docs=4, longest=30)
+    plan = Doc(CHUNK, WINDOW, BOS)
+    report = audit(lambda: predictor_for(cfg(0.3), "ttt+cache", model, CPU, tokens=small), small, None, plan,
+                   byte_counts=np.ones(len(small), np.int64), num_positions=3, seed=0, bos_id=BOS, device=CPU,
+                   batch_tokens=1 << 12, batch_lanes=LANES)
+    assert report.passed, report.table()

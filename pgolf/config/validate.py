@@ -132,11 +132,13 @@ def ttt_places(places: str) -> list[str]:
 
 
 def validate_ttt(cfg: Any) -> None:
-    """``ttt.*``: a rank within every adapted layer's input width, known places, sane optimizer values."""
+    """``ttt.*``: known places, sane optimizer values, and (when a mode uses ``ttt``) a rank within every
+    adapted layer's input width."""
     t, m = cfg.ttt, cfg.model
     ttt_places(t.places)
     width = m.model_dim  # every place's adapter reads a model_dim-wide input
-    if not 1 <= t.rank <= width:
+    uses_ttt = any("ttt" in split_mode(mode)[1] for mode in cfg.eval_modes())
+    if t.rank < 1 or (uses_ttt and t.rank > width):
         raise ConfigError(f"ttt.rank={t.rank} must be in 1..{width} (model.model_dim, the width of the adapted "
                           f"layers' input): a LoRA rank cannot exceed the layer width")
     for key in ("alpha", "adam_beta2", "eps", "lr", "weight_decay", "phase_lr", "phase_momentum", "phase_clip"):

@@ -182,7 +182,7 @@ class LoraTTT:
             if tied is not None:
                 self.model.lm_head = None
 
-    def _forward(self, batch: ChunkBatch, slots: torch.Tensor) -> torch.Tensor:
+    def _forward(self, batch: ChunkBatch, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows, cols = batch.rows, batch.cols
         counts = torch.bincount(rows, minlength=len(batch.lengths))
         j = torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
@@ -191,7 +191,7 @@ class LoraTTT:
             h = self.model.hidden_states(batch.inputs)[rows, cols]
             hs = h.new_zeros(len(batch.lengths), int(counts.max()), h.shape[-1])
             hs[rows, j] = h
-            return self.model.logits_from_hidden(hs)[rows, j].float().log_softmax(-1)
+            return self.model.logits_from_hidden(hs)[rows, j].float().log_softmax(-1), h
 
     def _slots(self, batch: ChunkBatch) -> torch.Tensor:
         lanes = batch.lanes.tolist()
@@ -201,15 +201,20 @@ class LoraTTT:
         return torch.tensor([self.slot_of[lane] for lane in lanes], dtype=torch.int64)
 
     def log_probs(self, batch: ChunkBatch) -> torch.Tensor:
+        return self.log_probs_and_hidden(batch)[0]
+
+    def log_probs_and_hidden(self, batch: ChunkBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full log-probabilities and the adapted model's final hidden states at the scored positions
+        (what a neural cache stacked on TTT stores: ``ttt+cache``)."""
         slots = self._slots(batch)
-        lp = self._forward(batch, slots)
+        lp, h = self._forward(batch, slots)
         bad_rows = torch.unique(batch.rows[~torch.isfinite(lp.detach()).all(1)]).cpu()
         if len(bad_rows):
             self._fall_back(slots[bad_rows])
-            lp = self._forward(batch, slots)
+            lp, h = self._forward(batch, slots)
         fallen_rows = self.fallen[slots]
         self.counts["fallback_tokens"] += int(fallen_rows[batch.rows.cpu()].sum())
-        return lp
+        return lp, h
 
     def _fall_back(self, slots: torch.Tensor) -> None:
         """Zero the adapters (A too) and optimizer state of ``slots``: their delta is exactly 0 from now on."""
