@@ -15,38 +15,43 @@ namespace pgolf {
 namespace {
 
 constexpr uint8_t kMagic[3] = {'P', 'G', 'C'};
-constexpr uint8_t kVersion = 1;
+constexpr uint8_t kVersion = 2;
 constexpr uint64_t kMaxValues = 1ULL << 32;
 constexpr uint32_t kMaxMatrices = 65536;
 constexpr uint64_t kMaxPermRows = 8192;  // the encoder sorts rows only up to this many (O(R^2 C))
 constexpr int kNodes = 14;               // zero flag, sign, 12 unary magnitude nodes
 constexpr int kAct = 16;                 // activity buckets
-constexpr int kRel = 27;                 // neighbour relations (rel())
-constexpr int kInputs = 6;               // five models and a bias
+constexpr int kCls = 19;                 // neighbour classes: the value clamped to [-9, 9]
+constexpr int kRun = 4;                  // match-run buckets (run_bucket())
+constexpr int kDiff = 9;                 // the value above, relative to the decision: diff()
+constexpr int kModels = 4;
+constexpr int kInputs = kModels + 1;     // the models and a bias
 constexpr int kSets = kNodes * 4;        // mixer weight sets: node x ca / 4
-constexpr int kLimit = 1023;             // counter adaptation: rate 1 / (n + 1.5), n <= kLimit
-constexpr int kLr = 1;                   // mixer learning rate (weight step = st * err * kLr / 2^12)
-constexpr int32_t kInit = 13000;         // initial model weights (65536 = 1.0)
+constexpr int kLimit = 1023;              // counter adaptation: rate 1 / (n + 1.5), n <= kLimit
+constexpr int kLrShift = 12;             // mixer learning rate: weight step = st * err / 2^kLrShift
+constexpr int32_t kInit = 16384;         // initial model weights (65536 = 1.0)
 constexpr int32_t kWeightMax = 1 << 22;
 constexpr int kSquash[33] = {1,    2,    4,    6,    10,   17,   27,   45,   74,   120,  194,
                              311,  488,  747,  1102, 1546, 2048, 2550, 2994, 3349, 3608, 3785,
                              3902, 3976, 4022, 4051, 4069, 4079, 4086, 4090, 4092, 4094, 4095};
 
 // 4096 / (1 + exp(-d / 256)) for d in [-2047, 2047], linear between the samples of kSquash.
-inline int squash(int d) {
-    if (d > 2047) d = 2047;
-    if (d < -2047) d = -2047;
+inline int squash_interp(int d) {
     const int w = d & 127, i = (d >> 7) + 16;
     return (kSquash[i] * (128 - w) + kSquash[i + 1] * w + 64) >> 7;
 }
 
 struct Tables {
-    int16_t stretch[4096];  // the inverse of squash: the smallest d with squash(d) >= p
+    int16_t squash[4095];   // squash_interp(d) clamped to [1, 4095], at index d + 2047
+    int16_t stretch[4096];  // the inverse of squash: the smallest d with squash_interp(d) >= p
     uint16_t rate[kLimit + 1];
     Tables() {
         int p = 0;
-        for (int d = -2047; d <= 2047; ++d)
-            for (const int v = squash(d); p <= v; ++p) stretch[p] = int16_t(d);
+        for (int d = -2047; d <= 2047; ++d) {
+            const int v = squash_interp(d);
+            squash[d + 2047] = int16_t(std::clamp(v, 1, 4095));
+            for (; p <= v; ++p) stretch[p] = int16_t(d);
+        }
         for (; p < 4096; ++p) stretch[p] = 2047;
         for (int n = 0; n <= kLimit; ++n) rate[n] = uint16_t(131072 / (2 * n + 3));
     }
@@ -64,13 +69,17 @@ inline int act_bucket(uint32_t a) {
     return std::min(kAct - 1, 2 * l + int((a >> (l - 1)) & 1) - 8);
 }
 
-// How a neighbour value u relates to the decision at `node` (k: the unary threshold).
-inline int rel(int u, int node, bool neg, int k) {
-    if (node == 0) return std::min(std::abs(u), 8);
-    if (node == 1) return std::clamp(u, -4, 4) + 4;
-    const int s = u == 0 ? 0 : ((u < 0) == neg ? 1 : 2);
-    return s * 9 + std::clamp(std::abs(u) - k, -4, 4) + 4;
-}
+// A neighbour value u as a class 0..18: u clamped to [-9, 9], plus 9.
+inline int cls(int u) { return std::clamp(u, -9, 9) + 9; }
+
+// How many values before this one in the row equal the value above them, without a break:
+// 0, 1-3, 4-15, 16+ -> 0..3.
+// The value above u against the unary threshold k (0 for the zero and sign decisions), u mirrored
+// once the value is known to be negative: clamp(u - k, -4, 4) + 4, so an exact copy is learnable
+// at every magnitude.
+inline int diff(int u, int k) { return std::clamp(u - k, -4, 4) + 4; }
+
+inline int run_bucket(uint32_t run) { return run == 0 ? 0 : run < 4 ? 1 : run < 16 ? 2 : 3; }
 
 struct Counter {
     uint16_t p = 32768;  // probability of a 1, 16 bits
@@ -79,11 +88,11 @@ struct Counter {
 
 class Model {
   public:
-    Model()
-        : o0_(kNodes), m0_(kNodes * kAct * kAct), m1_(kNodes * kRel * 4), m2_(kNodes * kRel * kRel), m3_(kNodes * kRel * kAct) {
+    Model() : m_{std::vector<Counter>(kAct * kAct * kNodes), std::vector<Counter>(kCls * 8 * kNodes),
+                 std::vector<Counter>(kDiff * kCls * kRun * kNodes), std::vector<Counter>(kCls * kAct * kNodes)} {
         for (auto& set : w_) {
-            std::fill(set, set + kInputs - 1, kInit);
-            set[kInputs - 1] = 0;
+            std::fill(set, set + kModels, kInit);
+            set[kModels] = 0;
         }
     }
 
@@ -93,29 +102,49 @@ class Model {
     void code_matrix(Coder& io, int8_t* m, uint64_t R, uint64_t C, int bits) {
         const int qpos = (1 << (bits - 1)) - 1, qneg = 1 << (bits - 1);
         col_.assign(C, global_);
+        slow_.assign(C, global_);
+        mean_.assign(C, 0);
         for (uint64_t i = 0; i < R; ++i) {
             int8_t* row = m + i * C;
             const int8_t* up = i ? row - C : nullptr;
             const int8_t* up2 = i > 1 ? row - 2 * C : nullptr;
-            uint32_t ra = global_;
+            uint32_t ra = global_, run = 0;
             for (uint64_t j = 0; j < C; ++j) {
-                ca_ = act_bucket(col_[j]);
-                ra_ = act_bucket(ra);
-                ref_ = up ? up[j] : 0;
-                ref2_ = up2 ? up2[j] : 0;
-                left_ = j ? row[j - 1] : 0;
+                const int ca = act_bucket(col_[j]), rb = act_bucket(slow_[j]);
+                const int ref = up ? up[j] : 0, ref2 = up2 ? up2[j] : 0, mean = (mean_[j] + 32) >> 6;
+                const int rn = run_bucket(run);
+                // Context slots of the four models for a value of sign s (+1, or -1 once the
+                // sign is known to be negative: neighbours are then seen mirrored).
+                auto slots = [&](int s, Counter** c) {
+                    c[0] = &m_[0][(ca * kAct + rb) * kNodes];
+                    c[1] = &m_[1][(cls(s * ref) * 8 + (ca >> 1)) * kNodes];
+                    c[2] = &m_[2][(cls(s * ref2) * kRun + rn) * kDiff * kNodes];
+                    c[3] = &m_[3][(cls(s * mean) * kAct + ca) * kNodes];
+                };
+                Counter* c[kModels];
+                slots(1, c);
+                const int set = ca >> 2;
                 const int v = row[j];
                 int out = 0;
-                if (code(io, 0, false, 0, v != 0)) {
-                    const bool neg = code(io, 1, false, 0, v < 0);
+                const int d0 = diff(ref, 0) * kNodes;
+                if (code(io, c, w_[set], 0, d0, v != 0)) {
+                    const bool neg = code(io, c, w_[4 + set], 1, d0, v < 0);
+                    if (neg) slots(-1, c);
                     const int mmax = neg ? qneg : qpos, mag = std::abs(v);
                     int k = 1;
-                    while (k < mmax && code(io, 2 + std::min(k - 1, kNodes - 3), neg, k, mag > k)) ++k;
+                    while (k < mmax) {
+                        const int node = 2 + std::min(k - 1, kNodes - 3);
+                        if (!code(io, c, w_[node * 4 + set], node, diff(neg ? -ref : ref, k) * kNodes, mag > k)) break;
+                        ++k;
+                    }
                     out = neg ? -k : k;
                 }
                 row[j] = int8_t(out);
+                run = out == ref && up ? run + 1 : 0;
                 const uint32_t x = uint32_t(std::abs(out)) << 6;
                 col_[j] = (col_[j] * 7 + x) >> 3;
+                slow_[j] = (slow_[j] * 31 + x) >> 5;
+                mean_[j] += ((out * 64) - mean_[j]) / 16;
                 ra = (ra * 3 + x) >> 2;
                 global_ = (global_ * 255 + x) >> 8;
             }
@@ -123,36 +152,38 @@ class Model {
     }
 
   private:
+    // One binary decision at `node`: mix the models' predictions with weights w, code the bit,
+    // update counters and weights. Model 2's slot is further offset by `d2` (its diff() class).
     template <class Coder>
-    int code(Coder& io, int node, bool neg, int k, int bit) {
+    static int code(Coder& io, Counter* const* c, int32_t* w, int node, int d2, int bit) {
         const Tables& T = tables();
-        const int r1 = rel(ref_, node, neg, k);
-        Counter* c[5] = {&o0_[node], &m0_[(node * kAct + ca_) * kAct + ra_], &m1_[(node * kRel + r1) * 4 + (ca_ >> 2)],
-                         &m2_[(node * kRel + r1) * kRel + rel(ref2_, node, neg, k)],
-                         &m3_[(node * kRel + rel(left_, node, neg, k)) * kAct + ca_]};
         int st[kInputs];
-        for (int i = 0; i < 5; ++i) st[i] = T.stretch[c[i]->p >> 4];
-        st[5] = 256;
-        int32_t* w = w_[node * 4 + (ca_ >> 2)];
         int64_t dot = 0;
-        for (int i = 0; i < kInputs; ++i) dot += int64_t(w[i]) * st[i];
-        const int p = std::clamp(squash(int(std::clamp<int64_t>(dot >> 16, -2047, 2047))), 1, 4095);
+        for (int i = 0; i < kModels; ++i) {
+            st[i] = T.stretch[c[i][node + (i == 2 ? d2 : 0)].p >> 4];
+            dot += int64_t(w[i]) * st[i];
+        }
+        st[kModels] = 256;
+        dot += int64_t(w[kModels]) * 256;
+        const int p = T.squash[std::clamp<int64_t>(dot >> 16, -2047, 2047) + 2047];
         const int y = io.bit(bit, p);
-        const int err = ((y << 12) - p) * kLr;
-        for (int i = 0; i < kInputs; ++i) w[i] = std::clamp(w[i] + ((st[i] * err) >> 12), -kWeightMax, kWeightMax);
+        const int err = (y << 12) - p;
+        for (int i = 0; i < kInputs; ++i)
+            w[i] = std::clamp(w[i] + ((st[i] * err) >> kLrShift), -kWeightMax, kWeightMax);
         const int target = y ? 65535 : 0;
-        for (Counter* q : c) {
-            q->p = uint16_t(q->p + (((target - int(q->p)) * int(T.rate[q->n])) >> 16));
-            if (q->n < kLimit) ++q->n;
+        for (int i = 0; i < kModels; ++i) {
+            Counter& q = c[i][node + (i == 2 ? d2 : 0)];
+            q.p = uint16_t(q.p + (((target - int(q.p)) * int(T.rate[q.n])) >> 16));
+            q.n += q.n < kLimit;
         }
         return y;
     }
 
-    std::vector<Counter> o0_, m0_, m1_, m2_, m3_;
+    std::vector<Counter> m_[kModels];
     int32_t w_[kSets][kInputs];
-    std::vector<uint32_t> col_;
+    std::vector<uint32_t> col_, slow_;
+    std::vector<int32_t> mean_;
     uint32_t global_ = 1 << 6;
-    int ca_ = 0, ra_ = 0, ref_ = 0, ref2_ = 0, left_ = 0;
 };
 
 class Encoder {

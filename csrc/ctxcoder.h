@@ -4,7 +4,7 @@
 //
 // Stream layout (varint = unsigned LEB128, at most 5 bytes, value < 2^32):
 //   0  3 bytes  magic "PGC"
-//   3  u8       version (1)
+//   3  u8       version (2; version 1, an earlier model, is rejected)
 //   4  u8       bits, 2..8: every value lies in [-2^(bits-1), 2^(bits-1) - 1]
 //   5  varint   K, the number of matrices (0..65536); the values of all of them total <= 2^32
 //   then K matrix headers: varint rows, varint cols, u8 flags (bit 0 transposed: the coded
@@ -32,12 +32,15 @@
 // Context model for each binary decision (all integer arithmetic; see ctxcoder.cpp for the
 // exact tables and update rules, which the format depends on):
 //   neighbours: ref = the value at the same column in the previous coded row, ref2 two rows back
-//   (0 when absent), left = the previous value in the row (0 at the row start);
-//   activities: ca = running mean of |v| down the column, ra = running mean along the row;
-//   five adaptive-probability models indexed by (node), (node, ca, ra), (node, rel(ref), ca / 4),
-//   (node, rel(ref), rel(ref2)), (node, rel(left), ca), mixed in the logistic domain by a
-//   weight set chosen by (node, ca / 4), then the coder step; every model and weight updates
-//   after the bit.
+//   (0 when absent); mean = the column's running signed mean (rate 1/16, rounded);
+//   activities: ca = running mean of |v| down the column (rate 1/8), cs = the same at rate 1/32;
+//   run = how many values in a row so far equal the value above them. Neighbours enter as
+//   cls(u) = clamp(u, -9, 9), mirrored (-u) once the value is known to be negative.
+//   Four adaptive-probability models indexed by (ca, cs), (cls(ref), ca / 2),
+//   (diff(ref), cls(ref2), run bucket) with diff(u) = clamp(u - k, -4, 4) (k: the unary threshold,
+//   0 for the zero and sign decisions), (cls(mean), ca), each per node, mixed in the logistic
+//   domain with a bias by a weight set chosen by (node, ca / 4), then the coder step; every
+//   model and weight updates after the bit.
 #pragma once
 #include <cstddef>
 #include <cstdint>

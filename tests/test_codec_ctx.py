@@ -58,7 +58,7 @@ def test_empty_streams():
 def test_header_layout():
     m = np.arange(-6, 6, dtype=np.int8).reshape(3, 4)
     data = codec.ctx_encode([m], 4, force_flags=2)
-    assert data[:5] == b"PGC\x01\x04"
+    assert data[:5] == b"PGC\x02\x04"
     assert data[5:9] == bytes([1, 3, 4, 2])  # K = 1, rows 3, cols 4, flags permuted
     # row order of 3 rows: 2 bits each, LSB first, in one byte; coded row i is row perm[i]
     perm = [(data[9] >> (2 * i)) & 3 for i in range(3)]
@@ -119,6 +119,23 @@ def test_column_scales_beat_order0():
     w = rng.standard_normal((256, 256)) * np.exp(rng.uniform(-1.2, 1.2, 256))[None, :]
     m = np.clip(np.round(w / w.std() * 31 / 4), -31, 31).astype(np.int8)
     assert len(roundtrip([m], 6)) < 0.97 * len(codec.rans_encode(m, 6))
+
+
+def test_column_offsets_beat_order0():
+    """Columns with a signed offset (the tied embedding's per-dimension means): the column
+    contexts (its running signed mean, the values above) pay far below order-0."""
+    rng = np.random.default_rng(8)
+    noise = rng.standard_normal((512, 128)) * 2.0
+    shifted = np.clip(np.round(noise + rng.uniform(-8, 8, 128)[None, :]), -63, 63).astype(np.int8)
+    assert len(roundtrip([shifted], 7, 0)) < 0.85 * len(codec.rans_encode(shifted, 7))
+
+
+def test_rejects_the_first_model_version():
+    data = bytearray(codec.ctx_encode([np.zeros((2, 3), np.int8)], 6))
+    assert data[3] == 2
+    data[3] = 1
+    with pytest.raises(codec.CodecError, match="version 1"):
+        codec.ctx_decode(bytes(data))
 
 
 def test_iid_codes_cost_little_over_order0():
