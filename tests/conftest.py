@@ -58,3 +58,27 @@ def poison_empty(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(real_empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(real_empty_like(*a, **k)))
+
+
+@pytest.fixture
+def reliability(record_property):
+    """``reliability("CLEAR")`` / ``reliability("FINE")``: how a reliability case was answered (a
+    clear one-line refusal, or correct behaviour); the session summary counts them."""
+    def record(verdict: str) -> None:
+        assert verdict in ("CLEAR", "FINE"), verdict
+        record_property("reliability", verdict)
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print how many reliability cases passed as CLEAR / FINE (and how many failed), so the
+    count can only go up."""
+    counts = {"CLEAR": 0, "FINE": 0}
+    for report in terminalreporter.stats.get("passed", []):
+        for key, value in getattr(report, "user_properties", ()):
+            if key == "reliability":
+                counts[value] += 1
+    failed = sum(1 for r in terminalreporter.stats.get("failed", []) if "test_reliability" in r.nodeid)
+    if counts["CLEAR"] or counts["FINE"] or failed:
+        terminalreporter.write_sep("-", f"reliability: {counts['CLEAR']} CLEAR, {counts['FINE']} FINE, "
+                                        f"{failed} failing")

@@ -44,43 +44,85 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explicit_keys(args: argparse.Namespace) -> set[str]:
+    """The ``section.key`` names the user set on purpose (``--set`` and official env names)."""
+    from pgolf.config import env_overrides, resolve_key
+
+    keys = set()
+    for key in [item.partition("=")[0].strip() for item in args.sets] + list(env_overrides(os.environ)):
+        section, name = resolve_key(key)
+        keys.add(name if section is None else f"{section}.{name}")
+    return keys
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """``pgolf eval``: score a checkpoint or an artifact on validation shards; prints
-    ``val_loss:... val_bpb:... tokens:... bytes:...``."""
+    ``val_loss:... val_bpb:... tokens:... bytes:...``.
+
+    The run's record (tokenizer identity, ``seq_len``, validation shards, stored in the checkpoint
+    and the artifact) supplies what is not given; a different tokenizer is refused, and a
+    ``seq_len`` set with ``--set train.seq_len`` that differs from the record is printed."""
+    import math
+
     import numpy as np
     import torch
 
-    from pgolf.artifact.export import load_exported
-    from pgolf.config import ModelConfig
+    from pgolf.artifact.export import load_exported_with_meta
+    from pgolf.data.identity import check_dataset, check_tokenizer, tokenizer_identity
     from pgolf.data.shards import load_tokens
     from pgolf.data.tokenizer import byte_table, load_tokenizer
     from pgolf.eval.flat import evaluate
     from pgolf.model.gpt import GPT
-    from pgolf.train.checkpoint import load_checkpoint
+    from pgolf.pipeline import check_val_size
+    from pgolf.train.checkpoint import load_checkpoint, pgolf_checkpoint
     from pgolf.util.device import DistEnv, pick_device
 
     env = DistEnv.from_environ(os.environ)
     if env.distributed:
         raise ConfigError("pgolf eval runs in one process; drop torchrun")
     cfg = _resolve(args)
+    explicit = _explicit_keys(args)
     if args.checkpoint:
-        ck = load_checkpoint(args.checkpoint)
+        source = f"checkpoint {args.checkpoint}"
+        ck = pgolf_checkpoint(load_checkpoint(args.checkpoint), args.checkpoint)
         saved = RunConfig.from_dict(ck["config"])
-        model = GPT(ModelConfig(**saved.model.__dict__))
+        model = GPT(saved.model)
         model.load_state_dict(ck["model"])
         cfg.model = saved.model
+        record = ck.get("identity") or {"seq_len": saved.train.seq_len}
     else:
-        model = load_exported(args.artifact)
+        source = f"artifact {args.artifact}"
+        model, meta = load_exported_with_meta(args.artifact)
         cfg.model = model.cfg
-    val_glob = args.val_glob or cfg.data.val_glob
-    tokenizer = args.tokenizer or cfg.data.tokenizer
+        record = meta.get("identity") or {}
+    if not record.get("tokenizer"):
+        print(f"pgolf eval: warning: {source} records no tokenizer identity (an older pgolf wrote it); "
+              "the tokenizer cannot be checked", file=sys.stderr)
+    seq_len = record.get("seq_len") or cfg.train.seq_len
+    if seq_len != cfg.train.seq_len and "train.seq_len" in explicit:
+        print(f"pgolf eval: overriding the seq_len {seq_len} recorded in {source} with "
+              f"train.seq_len={cfg.train.seq_len}", file=sys.stderr)
+        seq_len = cfg.train.seq_len
+    recorded_tok = (record.get("tokenizer") or {}).get("path")
+    tokenizer = args.tokenizer or (recorded_tok if recorded_tok and os.path.isfile(recorded_tok) else cfg.data.tokenizer)
+    val_glob = args.val_glob or record.get("val_glob") or cfg.data.val_glob
+    bytes_glob = cfg.data.val_bytes_glob if "data.val_bytes_glob" in explicit else record.get("val_bytes_glob", "")
     device = pick_device(cfg.train.device, env)
     model = model.to(device)
     sp = load_tokenizer(tokenizer)
-    cfg.validate(tokenizer_vocab=int(sp.vocab_size()))
-    tokens = torch.from_numpy(load_tokens(val_glob, vocab_size=cfg.model.vocab_size).astype(np.int64))
-    score = evaluate(model, tokens, byte_table(sp, cfg.model.vocab_size), seq_len=cfg.train.seq_len,
-                     batch_tokens=cfg.train.val_batch_size, device=device)
+    vocab = int(sp.vocab_size())
+    cfg.validate(tokenizer_vocab=vocab)
+    tok = tokenizer_identity(tokenizer, vocab)
+    check_tokenizer(record.get("tokenizer"), tok, what=source)
+    check_dataset(val_glob, tok, verify=cfg.data.verify_manifest)
+    tokens = torch.from_numpy(load_tokens(val_glob, vocab_size=vocab).astype(np.int64))
+    check_val_size(len(tokens), seq_len, val_glob)
+    byte_counts = torch.from_numpy(load_tokens(bytes_glob).astype(np.int64)) if bytes_glob else None
+    score = evaluate(model, tokens, byte_table(sp, cfg.model.vocab_size), seq_len=seq_len,
+                     batch_tokens=max(cfg.train.val_batch_size, seq_len), device=device,
+                     byte_counts=byte_counts)
+    if not (math.isfinite(score.loss) and math.isfinite(score.bpb)):
+        raise RuntimeError(f"{source} scores val_loss {score.loss} / val_bpb {score.bpb}: its weights are broken")
     print(f"val_loss:{score.loss:.8f} val_bpb:{score.bpb:.8f} tokens:{score.tokens} bytes:{score.bytes}")
     return 0
 
@@ -117,13 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``pgolf`` command; returns the exit code (2 for config errors, 1 for other errors)."""
+    """Run the ``pgolf`` command; returns the exit code: 2 for config errors, 1 for other errors
+    (bad data, files, checkpoints, a run that failed), 130 for SIGINT outside the training loop
+    (a signal during training saves a checkpoint and exits 128 + its number)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:
         print(f"pgolf: config error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:
         print(f"pgolf: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("pgolf: interrupted outside the training loop; no score was written (a checkpoint saved "
+              "earlier, if any, is kept)", file=sys.stderr)
+        return 130
