@@ -134,6 +134,7 @@ class Preflight:
     identity: dict[str, Any]
     val: _ValData
     loader: TokenLoader
+    grad_accum: int
     resume_state: dict[str, Any] | None
     notes: list[str]
 
@@ -147,6 +148,7 @@ def preflight(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: boo
     sp = load_tokenizer(d.tokenizer)
     vocab = int(sp.vocab_size())
     cfg.validate(tokenizer_vocab=vocab)
+    grad_accum = cfg.grad_accum_steps(env.world_size)
     tok = tokenizer_identity(d.tokenizer, vocab)
     train_set = check_dataset(d.train_glob, tok, verify=d.verify_manifest)
     val_set = check_dataset(d.val_glob, tok, verify=d.verify_manifest)
@@ -177,7 +179,7 @@ def preflight(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: boo
                               f"Only these may change on resume: {', '.join(sorted(RESUMABLE))}; "
                               "start over with --overwrite instead")
         check_tokenizer(state.get("identity", {}).get("tokenizer"), tok, what=f"checkpoint {ckpt}")
-    return Preflight(tok, identity, val, loader, state, notes)
+    return Preflight(tok, identity, val, loader, grad_accum, state, notes)
 
 
 def _qat_hook(cfg: RunConfig, model: GPT):
@@ -223,9 +225,8 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
 def _train(cfg: RunConfig, env: DistEnv, device: torch.device, log: RunLog, pre: Preflight, *,
            resume: bool) -> dict[str, Any]:
     t_cfg, ckpt_path = cfg.train, Path(cfg.train.run_dir) / "checkpoint.pt"
-    val, loader = pre.val, pre.loader
+    val, loader, grad_accum = pre.val, pre.loader, pre.grad_accum
     val.log = log
-    grad_accum = cfg.grad_accum_steps(env.world_size)
 
     model = GPT(cfg.model).to(device=device, dtype=torch.float32)  # the official layout: fp32 weights
     qat_on = cfg.quant.qat_start_frac >= 0

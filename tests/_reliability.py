@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from pgolf.cli import main as cli_main
-from pgolf.data.build import build_embedded_dataset
 
 
 @dataclass
@@ -79,27 +75,3 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` and its bytes (to show that nothing changed)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """An embedded build: 512-piece tokenizer, 30 validation documents."""
-    out = tmp_path_factory.mktemp("rel_data")
-    build_embedded_dataset(out, vocab_size=512, num_val_docs=30, max_docs=300, progress=False)
-    return out
-
-
-@pytest.fixture(scope="session")
-def other_data(tmp_path_factory) -> Path:
-    """Another embedded build of the same documents with a 400-piece tokenizer."""
-    out = tmp_path_factory.mktemp("rel_other")
-    build_embedded_dataset(out, vocab_size=400, num_val_docs=30, max_docs=300, progress=False)
-    return out
-
-
-@pytest.fixture(scope="session")
-def trained(tiny_data, tmp_path_factory) -> tuple[Path, dict]:
-    """A finished tiny run (seq_len 32): its folder and submission.json."""
-    run_dir = tmp_path_factory.mktemp("rel_run")
-    answer = train(tiny_data, run_dir)
-    assert answer.rc == 0, answer.err
-    return run_dir, json.loads((run_dir / "submission.json").read_text())

@@ -3,6 +3,7 @@
 Triton kernels run on the CPU under the interpreter: TRITON_INTERPRET=1 is set here before
 anything imports triton, unless the caller set it (a GPU run sets TRITON_INTERPRET=0).
 """
+import json
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -82,3 +83,34 @@ def pytest_terminal_summary(terminalreporter):
     if counts["CLEAR"] or counts["FINE"] or failed:
         terminalreporter.write_sep("-", f"reliability: {counts['CLEAR']} CLEAR, {counts['FINE']} FINE, "
                                         f"{failed} failing")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """An embedded build: 512-piece tokenizer, 30 validation documents (the reliability suite)."""
+    from pgolf.data.build import build_embedded_dataset
+
+    out = tmp_path_factory.mktemp("rel_data")
+    build_embedded_dataset(out, vocab_size=512, num_val_docs=30, max_docs=300, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def other_data(tmp_path_factory) -> Path:
+    """Another embedded build of the same documents with a 400-piece tokenizer."""
+    from pgolf.data.build import build_embedded_dataset
+
+    out = tmp_path_factory.mktemp("rel_other")
+    build_embedded_dataset(out, vocab_size=400, num_val_docs=30, max_docs=300, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_data, tmp_path_factory) -> tuple:
+    """A finished tiny run (seq_len 32): its folder and submission.json."""
+    from _reliability import train
+
+    run_dir = tmp_path_factory.mktemp("rel_run")
+    answer = train(tiny_data, run_dir)
+    assert answer.rc == 0, answer.err
+    return run_dir, json.loads((run_dir / "submission.json").read_text())

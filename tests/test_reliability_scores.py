@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from _reliability import assert_clear, copy_dataset, other_data, pgolf, tiny_data, train, trained  # noqa: F401
+from _reliability import assert_clear, copy_dataset, pgolf, train
 from pgolf.data.shards import read_shard, write_shard
 
 

@@ -96,7 +96,8 @@ def load_exported_with_meta(path: str | Path, *, device: torch.device | str = "c
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(art.tensors))
     if missing:
-        raise ValueError(f"artifact {path} lacks tensors: {', '.join(missing[:5])}")
+        raise ArtifactError(f"artifact {path}: its tensors do not fit the model its config describes (it lacks "
+                            f"{', '.join(missing[:5])})")
     try:
         model.load_state_dict(dequantize_state_dict(art.tensors), strict=True)
     except RuntimeError as e:

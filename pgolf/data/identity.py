@@ -123,8 +123,9 @@ def check_dataset(pattern: str, tokenizer: TokenizerIdentity, *, verify: bool = 
                 raise DataError(f"shard {f} holds {shard_token_count(f)} tokens but {manifest_path} says "
                                 f"{entry['tokens']}; rebuild the folder with pgolf data")
             splits[f.resolve()], sha[f.resolve()] = name, entry["sha256"]
+        touched = {listed[m][0] for m in mine}
         for f, (name, _) in listed.items():
-            if name in {listed[m][0] for m in mine} and not f.is_file():
+            if name in touched and not f.is_file():
                 raise DataError(f"{manifest_path} lists {f.name} in the {name} split but the file is missing: the "
                                 "folder is incomplete; rebuild it with pgolf data")
     return Dataset(pattern, files, splits, sha, verified)
