@@ -81,6 +81,8 @@ def test_a_data_build_failing_midway_leaves_official_shards_without_a_manifest_i
 def test_a_successful_rebuild_replaces_the_previous_build_whole(built, tmp_path, reliability):
     corpus, out = built
     (out / "fineweb_train_000042.bin").write_bytes(b"a stale shard of an older build")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / f".pgolf-staging-{int(dead.stdout)}").mkdir()  # what a killed build leaves
     answer = pgolf("data", str(corpus), "--out", str(out), "--tokenizer", str(out / "tokenizer.model"),
                    "--num-val-docs", "5", "--no-progress")
     assert answer.rc == 0, answer.err

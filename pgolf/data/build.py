@@ -125,16 +125,30 @@ def _previous_outputs(out: Path, prefix: str) -> list[Path]:
     return [f for f in out.iterdir() if f.name == MANIFEST or pattern.fullmatch(f.name)]
 
 
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def staged(out_dir: str | os.PathLike, *, name_prefix: str) -> Iterator[Path]:
     """A fresh staging folder inside ``out_dir`` to build into; when the block succeeds its files
     replace the previous build (manifest and ``name_prefix`` shards) in ``out_dir``, the new
-    manifest last. When the block fails, ``out_dir`` is left exactly as it was."""
+    manifest last. When the block fails, ``out_dir`` is left exactly as it was (staging folders
+    of killed builds, whose pid no longer runs, are removed the next time)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"output {out} is a file, not a folder; choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for left in out.glob(f"{STAGING_PREFIX}*"):  # a killed build's leftovers
+            if not _pid_alive(left.name[len(STAGING_PREFIX):]):
+                shutil.rmtree(left, ignore_errors=True)
         stage = out / f"{STAGING_PREFIX}{os.getpid()}"
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir()
