@@ -172,6 +172,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pgolf: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("pgolf: interrupted outside the training loop; no score was written (a checkpoint saved "
+        print("pgolf: error: interrupted outside the training loop; no score was written (a checkpoint saved "
               "earlier, if any, is kept)", file=sys.stderr)
         return 130
