@@ -17,6 +17,8 @@ wrap outputs with ``torch.from_numpy`` when a tensor is wanted):
   the previous rows, a row order chosen by similarity, column and row activity; layout and
   model in ``csrc/ctxcoder.h``).
 
+Streams carry no checksum: a decoder rejects malformed input but a corrupted stream can decode to
+wrong values without error (the artifact file's checksum is what catches damage on disk).
 Malformed input to a decoder raises :class:`CodecError` (a ``ValueError``); out-of-range codes
 raise ``ValueError`` naming the first offending index and value. The extension is imported
 lazily: without it ``pgolf`` still imports and every codec call raises
@@ -187,8 +189,10 @@ def rans_encode_set(tensors: list[Any], bits: int, *,
 
 def rans_decode_set(data: bytes | bytearray | memoryview, sizes: list[int]) -> list[np.ndarray]:
     """Decode a joint stream of :func:`rans_encode_set` into 1-D int8 arrays of ``sizes`` values
-    (each tensor's codes in C order). Raises :class:`CodecError` unless the stream holds exactly
-    ``sum(sizes)`` values."""
+    (each tensor's codes in C order). ``sizes`` must be integers >= 0 (else ``ValueError``);
+    raises :class:`CodecError` unless the stream holds exactly ``sum(sizes)`` values."""
+    if any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 for n in sizes):
+        raise ValueError(f"sizes must be integers >= 0, got {list(sizes)!r}")
     total = sum(sizes)
     flat = rans_decode(data, max_values=total).reshape(-1)
     if flat.size != total:

@@ -3,23 +3,34 @@
 The only module that composes the stages: the training loop gets validation (:mod:`pgolf.eval`),
 checkpoint writing and the QAT schedule (:mod:`pgolf.quant.qat`) as hooks; after training the
 model is exported (:mod:`pgolf.artifact`), reloaded into a fresh model on every rank and scored.
+
+Nothing in the run directory is touched before everything the run needs is known to be valid
+(:func:`preflight`: config, tokenizer, data identity and sizes, the checkpoint to resume); then
+the directory is locked (:class:`pgolf.util.runlock.RunDirLock`) for the rest of the run. A run
+whose weights or score are not finite stops with an error and writes no score.
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
 import json
+import math
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from pgolf.artifact.export import export_model, load_exported
-from pgolf.config import RunConfig, TrainConfig
-from pgolf.data.build import build_embedded_dataset
+from pgolf.config import ConfigError, RunConfig, TrainConfig
+from pgolf.config.resume import RESUMABLE, resume_differences
+from pgolf.data.build import DataError, build_embedded_dataset
+from pgolf.data.identity import (TokenizerIdentity, check_dataset, check_disjoint, check_tokenizer, run_identity,
+                                 tokenizer_identity)
 from pgolf.data.loader import TokenLoader
 from pgolf.data.shards import load_tokens
 from pgolf.data.tokenizer import ByteTable, byte_table, load_tokenizer
@@ -31,23 +42,28 @@ from pgolf.optim.optimizers import Optimizers
 from pgolf.optim.schedule import training_fraction
 from pgolf.quant.calibrate import calibration_batches, collect_hessians, gptq_seconds
 from pgolf.quant.qat import enable_qat, qat_state_at, set_qat_state
-from pgolf.train.checkpoint import load_checkpoint, save_checkpoint
+from pgolf.train.checkpoint import load_checkpoint, pgolf_checkpoint, save_checkpoint
 from pgolf.train.loop import LoopHooks, LoopResult, Trainer, TrainingError
 from pgolf.train.runlog import RunLog, plot_loss_curve
 from pgolf.util.atomic import atomic_write_text
 from pgolf.util.device import DistEnv, pick_device
+from pgolf.util.runlock import RunDirLock
+
+# What ``--overwrite`` removes (after validation): reports that would describe the old run.
+# The checkpoint and the artifact are replaced atomically when the new run writes its own.
+STALE_REPORTS = ("train.log", "metrics.jsonl", "submission.json", "loss_curve.png")
 
 
-def prepare_data(cfg: RunConfig, env: DistEnv, log: RunLog) -> None:
+def prepare_data(cfg: RunConfig, env: DistEnv, say: Callable[[str], None]) -> None:
     """Build the embedded demo corpus when the config asks for it and the shards are absent."""
     d = cfg.data
     if not d.embedded_default or (glob.glob(d.train_glob) and glob.glob(d.val_glob) and Path(d.tokenizer).exists()):
         return
     if env.master:
-        log.line(f"data: building the embedded demo corpus into {d.embedded_dir} (once)")
+        say(f"data: building the embedded demo corpus into {d.embedded_dir} (once)")
         t0 = time.perf_counter()
         build_embedded_dataset(d.embedded_dir, vocab_size=d.embedded_vocab_size)
-        log.line(f"data: built in {time.perf_counter() - t0:.1f}s")
+        say(f"data: built in {time.perf_counter() - t0:.1f}s")
     if env.distributed:
         dist.barrier()
 
@@ -60,7 +76,10 @@ def run_training(cfg: RunConfig, env: DistEnv = DistEnv(), *, resume: bool = Fal
     A run directory that already holds a checkpoint is never started over silently: pass
     ``resume`` to continue it or ``overwrite`` to discard it.
     """
-    ckpt = Path(cfg.train.run_dir) / "checkpoint.pt"
+    run_dir = Path(cfg.train.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"train.run_dir {run_dir} is a file, not a folder; choose another --run-dir")
+    ckpt = run_dir / "checkpoint.pt"
     if ckpt.exists() and not (resume or overwrite):
         raise TrainingError(f"{ckpt} already exists; continue it with --resume, or start over with --overwrite")
     device = pick_device(cfg.train.device, env)
@@ -78,10 +97,11 @@ def run_training(cfg: RunConfig, env: DistEnv = DistEnv(), *, resume: bool = Fal
 class _ValData:
     """The validation stream, its byte table (or per-token byte sidecar) and the score hook."""
 
-    def __init__(self, cfg: RunConfig, env: DistEnv, device: torch.device, table: ByteTable, log: RunLog):
-        self.cfg, self.env, self.device, self.table, self.log = cfg, env, device, table, log
-        vocab = cfg.model.vocab_size
-        self.tokens = torch.from_numpy(load_tokens(cfg.data.val_glob, vocab_size=vocab).astype(np.int64))
+    def __init__(self, cfg: RunConfig, env: DistEnv, device: torch.device, table: ByteTable, tokenizer_vocab: int):
+        self.cfg, self.env, self.device, self.table = cfg, env, device, table
+        self.log: RunLog | None = None
+        self.tokens = torch.from_numpy(load_tokens(cfg.data.val_glob, vocab_size=tokenizer_vocab).astype(np.int64))
+        check_val_size(len(self.tokens), cfg.train.seq_len, cfg.data.val_glob)
         self.bytes = (torch.from_numpy(load_tokens(cfg.data.val_bytes_glob).astype(np.int64))
                       if cfg.data.val_bytes_glob else None)
 
@@ -100,6 +120,70 @@ class _ValData:
         self.log.metric("val", step=step, val_loss=score.loss, val_bpb=score.bpb, tokens=score.tokens,
                         bytes=score.bytes, full=full)
         return score
+
+
+def check_val_size(num_tokens: int, seq_len: int, val_glob: str) -> None:
+    """Refuse a validation split shorter than one window of ``seq_len`` targets: its score
+    would be ``nan`` (no tokens) or rest on a handful of tokens."""
+    if num_tokens < seq_len + 1:
+        raise DataError(f"the validation split {val_glob!r} holds {num_tokens} tokens; scoring needs at least "
+                        f"train.seq_len + 1 = {seq_len + 1}. Give it more documents (pgolf data --num-val-docs)")
+
+
+@dataclass
+class Preflight:
+    """Everything a run needs, checked before its run directory is touched."""
+
+    tokenizer: TokenizerIdentity
+    identity: dict[str, Any]
+    val: _ValData
+    loader: TokenLoader
+    grad_accum: int
+    resume_state: dict[str, Any] | None
+    notes: list[str]
+
+
+def preflight(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool,
+              say: Callable[[str], None]) -> Preflight:
+    """Check config, tokenizer, data identity (:mod:`pgolf.data.identity`), split sizes and the
+    checkpoint to resume, raising a clear error before any file of the run is written."""
+    prepare_data(cfg, env, say)
+    d, t = cfg.data, cfg.train
+    sp = load_tokenizer(d.tokenizer)
+    vocab = int(sp.vocab_size())
+    cfg.validate(tokenizer_vocab=vocab)
+    grad_accum = cfg.grad_accum_steps(env.world_size)
+    tok = tokenizer_identity(d.tokenizer, vocab)
+    train_set = check_dataset(d.train_glob, tok, verify=d.verify_manifest)
+    val_set = check_dataset(d.val_glob, tok, verify=d.verify_manifest)
+    check_disjoint(train_set, val_set)
+    notes = [f"data: {s.pattern} read unverified (no manifest; data.verify_manifest=false)"
+             for s in (train_set, val_set) if not s.verified]
+    val = _ValData(cfg, env, device, byte_table(sp, cfg.model.vocab_size), vocab)
+    loader = TokenLoader(d.train_glob, rank=env.rank, world_size=env.world_size, seed=0, vocab_size=vocab)
+    if loader.total < t.seq_len + 1:
+        raise DataError(f"the training split {d.train_glob!r} holds {loader.total} tokens, less than one sequence "
+                        f"of train.seq_len={t.seq_len}; give it more documents")
+    reads = t.iterations * t.train_batch_tokens
+    if reads > loader.total:
+        notes.append(f"warning: the training split holds {loader.total} tokens; {t.iterations} steps of "
+                     f"{t.train_batch_tokens} read it {reads / loader.total:.1f} times over (it wraps around)")
+    identity = run_identity(tokenizer=tok, tokenizer_path=d.tokenizer, vocab_size=cfg.model.vocab_size,
+                            seq_len=t.seq_len, val_glob=d.val_glob, val_bytes_glob=d.val_bytes_glob,
+                            val_batch_size=t.val_batch_size)
+    state = None
+    if resume:
+        ckpt = Path(t.run_dir) / "checkpoint.pt"
+        if not ckpt.exists():
+            raise TrainingError(f"--resume: no checkpoint at {ckpt}")
+        state = pgolf_checkpoint(load_checkpoint(ckpt), ckpt)
+        diffs = resume_differences(state["config"], cfg.to_dict())
+        if diffs:
+            raise ConfigError(f"--resume: the config differs from the one {ckpt} was trained with: {'; '.join(diffs)}. "
+                              f"Only these may change on resume: {', '.join(sorted(RESUMABLE))}; "
+                              "start over with --overwrite instead")
+        check_tokenizer(state.get("identity", {}).get("tokenizer"), tok, what=f"checkpoint {ckpt}")
+    return Preflight(tok, identity, val, loader, grad_accum, state, notes)
 
 
 def _qat_hook(cfg: RunConfig, t: TrainConfig, model: GPT):
@@ -147,23 +231,35 @@ def _chain(*hooks):
 
 def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, echo: bool) -> dict[str, Any]:
     t_cfg, run_dir = cfg.train, Path(cfg.train.run_dir)
-    log = RunLog(run_dir, enabled=env.master, echo=echo)
-    ckpt_path = run_dir / "checkpoint.pt"
-    if env.master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            for stale in ("train.log", "metrics.jsonl"):
-                (run_dir / stale).unlink(missing_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-    prepare_data(cfg, env, log)
+    early: list[str] = []
+
+    def say(msg: str) -> None:
+        if echo and env.master:
+            print(msg, flush=True)
+        early.append(msg)
 
     torch.manual_seed(t_cfg.seed)
     np.random.seed(t_cfg.seed)
-    sp = load_tokenizer(cfg.data.tokenizer)
-    cfg.validate(tokenizer_vocab=int(sp.vocab_size()))
-    val = _ValData(cfg, env, device, byte_table(sp, cfg.model.vocab_size), log)
-    grad_accum = cfg.grad_accum_steps(env.world_size)
-    loader = TokenLoader(cfg.data.train_glob, rank=env.rank, world_size=env.world_size, seed=0)
+    pre = preflight(cfg, env, device, resume=resume, say=say)
+    with RunDirLock(run_dir) if env.master else nullcontext():
+        if env.master and not resume:
+            for stale in STALE_REPORTS:
+                (run_dir / stale).unlink(missing_ok=True)
+        log = RunLog(run_dir, enabled=env.master, echo=echo)
+        for msg in early:
+            log.line(msg, echo=False)
+        for msg in pre.notes:
+            log.line(msg)
+        if env.master:
+            atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        return _train(cfg, env, device, log, pre, resume=resume)
+
+
+def _train(cfg: RunConfig, env: DistEnv, device: torch.device, log: RunLog, pre: Preflight, *,
+           resume: bool) -> dict[str, Any]:
+    t_cfg, ckpt_path = cfg.train, Path(cfg.train.run_dir) / "checkpoint.pt"
+    val, loader, grad_accum = pre.val, pre.loader, pre.grad_accum
+    val.log = log
 
     model = GPT(cfg.model).to(device=device, dtype=torch.float32)  # the official layout: fp32 weights
     t_cfg = _reserve_calibration_time(cfg, model, loader, device, log)
@@ -184,7 +280,7 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
     log.line(f"val_loader:pattern={cfg.data.val_glob} tokens:{len(val.tokens) - 1}")
 
     def checkpoint(state: dict[str, Any]) -> None:
-        save_checkpoint(ckpt_path, {**state, "config": cfg.to_dict()})
+        save_checkpoint(ckpt_path, {**state, "config": cfg.to_dict(), "identity": pre.identity})
 
     hooks = LoopHooks(validate=lambda step, ms, full: val.validate(model, step, ms, full), checkpoint=checkpoint,
                       checkpoint_path=ckpt_path)
@@ -193,10 +289,8 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
                       hooks=hooks)
     if t_cfg.compile and t_cfg.warmup_steps > 0 and not resume:
         trainer.warm_up_compile()
-    if resume:
-        if not ckpt_path.exists():
-            raise TrainingError(f"--resume: no checkpoint at {ckpt_path}")
-        trainer.restore(load_checkpoint(ckpt_path))
+    if pre.resume_state is not None:
+        trainer.restore(pre.resume_state)
         log.line(f"resumed from {ckpt_path} at step {trainer.step} (train_time:{trainer.train_ms:.0f}ms)")
     result = trainer.run()
     if cfg.model.num_loops:
@@ -204,8 +298,16 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
     if opts.ema is not None:
         opts.ema.copy_to_model()
         log.line(f"ema: the averaged weights (decay {opts.ema.decay}) replace the live ones for scoring and export")
-    pre = val.validate(model, result.step, result.train_ms, True)
-    return _export_and_score(cfg, env, device, model, log, val, pre, result, loader)
+    pre_score = val.validate(model, result.step, result.train_ms, True)
+    _require_finite(pre_score, "the trained model (before export)")
+    return _export_and_score(cfg, env, device, model, log, val, pre_score, result, loader, pre.identity)
+
+
+def _require_finite(score: Score, what: str) -> None:
+    """A non-finite score is never reported as a result."""
+    if not (math.isfinite(score.loss) and math.isfinite(score.bpb)):
+        raise TrainingError(f"{what} scores val_loss {score.loss} / val_bpb {score.bpb} on {score.tokens} tokens; "
+                            "no score is written (the weights or the validation data are broken)")
 
 
 def _calibration_input(cfg: RunConfig, loader: TokenLoader, first_step: int) -> list[torch.Tensor]:
@@ -231,7 +333,7 @@ def _reserve_calibration_time(cfg: RunConfig, model: GPT, loader: TokenLoader, d
 
 
 def _export_and_score(cfg: RunConfig, env: DistEnv, device: torch.device, model: GPT, log: RunLog, val: _ValData,
-                      pre: Score, trained: LoopResult, loader: TokenLoader) -> dict[str, Any]:
+                      pre: Score, trained: LoopResult, loader: TokenLoader, identity: dict[str, Any]) -> dict[str, Any]:
     """Calibrate (GPTQ) and export on rank 0, reload into a fresh model on every rank, score it, write
     the report."""
     run_dir = Path(cfg.train.run_dir)
@@ -242,7 +344,8 @@ def _export_and_score(cfg: RunConfig, env: DistEnv, device: torch.device, model:
         hessians = (collect_hessians(model, _calibration_input(cfg, loader, trained.step), device=device)
                     if cfg.quant.method == "gptq" else None)
         report = export_model(model, cfg.quant, artifact, allow_oversize=cfg.train.allow_oversize,
-                              meta={"step": trained.step, "name": cfg.name}, hessians=hessians)
+                              meta={"step": trained.step, "name": cfg.name, "identity": identity},
+                              hessians=hessians)
         if hessians is not None:
             calib_ms = 1000.0 * (time.perf_counter() - t0)
             fallbacks = {n: m for n, m in report.methods.items() if m != "gptq"}
@@ -268,6 +371,7 @@ def _export_and_score(cfg: RunConfig, env: DistEnv, device: torch.device, model:
     for line in result_lines(modes, tag, load_s):
         log.line(line)
     log.line(f"quant_gap val_bpb:{post.bpb - pre.bpb:+.6f} (pre-export {pre.bpb:.6f})")
+    _require_finite(post, f"the exported artifact {artifact}")
     result = {"name": cfg.name, "val_loss": post.loss, "val_bpb": post.bpb, "eval_mode": first.mode,
               **{f"val_bpb_{m}": r.score.bpb for m, r in modes.items()},
               "pre_export_val_loss": pre.loss, "pre_export_val_bpb": pre.bpb,

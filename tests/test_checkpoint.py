@@ -26,5 +26,5 @@ def test_load_names_missing_and_corrupt_files(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="is unreadable"):
+    with pytest.raises(ValueError, match="is damaged or not a torch.save file"):
         load_checkpoint(bad)

@@ -56,9 +56,23 @@ def test_batch_larger_than_data_wraps(shards):
     assert torch.equal(x, rx) and torch.equal(y, ry)
 
 
-def test_shards_are_memory_mapped(shards):
+def test_a_shard_truncated_under_the_loader_is_named_not_a_bus_error(shards, tmp_path):
     loader = TokenLoader(shards[0])
-    assert all(isinstance(s, np.memmap) for s in loader.shards if s.size)
+    loader.next_batch(0, global_tokens=64, seq_len=16, grad_accum_steps=1, micro_step=0)
+    victim = tmp_path / "fineweb_train_000002.bin"
+    with open(victim, "r+b") as f:  # rewritten in place by another tool: the file shrinks
+        f.truncate(1024 + 100)
+    with pytest.raises(LoaderError, match=r"fineweb_train_000002.bin changed while it was being read"):
+        loader.next_batch(20, global_tokens=64, seq_len=16, grad_accum_steps=1, micro_step=0)
+
+
+def test_ids_at_or_above_the_vocabulary_are_refused_as_they_are_read(shards):
+    loader = TokenLoader(shards[0], vocab_size=1000)  # the shards hold ids up to 1023
+    with pytest.raises(LoaderError, match=r"token id 10\d\d at index \d+ is >= vocab_size 1000"):
+        for step in range(40):
+            loader.next_batch(step, global_tokens=64, seq_len=16, grad_accum_steps=1, micro_step=0)
+    TokenLoader(shards[0], vocab_size=1024).next_batch(0, global_tokens=64, seq_len=16, grad_accum_steps=1,
+                                                        micro_step=0)
 
 
 def test_seed_permutes_shards_deterministically(shards):

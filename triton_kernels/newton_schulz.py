@@ -67,6 +67,7 @@ There is no autograd: this is an optimizer op.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -120,6 +121,8 @@ def ns_coefficients(schedule: Schedule, steps: int) -> tuple[list[tuple[float, f
         table = tuple(tuple(float(v) for v in t) for t in schedule)
         if not table or any(len(t) != 3 for t in table):
             raise ValueError(f"a custom schedule must be a non-empty list of (a, b, c) triples, got {schedule!r}")
+        if not all(math.isfinite(v) for t in table for v in t):
+            raise ValueError(f"a custom schedule's coefficients must be finite numbers, got {schedule!r}")
         safety = 1.0
     coeffs = [table[min(t, len(table) - 1)] for t in range(steps)]
     return coeffs, safety

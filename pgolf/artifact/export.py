@@ -6,12 +6,14 @@ needed to rebuild and run it: the ``pgolf`` and ``triton_kernels`` Python source
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from pgolf.artifact.format import load_artifact, save_artifact
+from pgolf.artifact.format import ArtifactError, load_artifact, save_artifact
 from pgolf.config import ModelConfig, QuantConfig
 from pgolf.model.gpt import GPT
 from pgolf.model.roles import parameter_roles
@@ -64,9 +66,13 @@ def export_model(model: GPT, qcfg: QuantConfig, path: str | Path, *, allow_overs
     and account its size.
 
     Raises :class:`OversizeError` when over the cap unless ``allow_oversize``; the file is kept
-    either way so the work is not lost.
+    either way so the work is not lost. Weights holding NaN or inf raise ``ValueError`` before
+    anything is written (they would quantise to finite garbage).
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"not exporting {path}: the weights {', '.join(bad[:4])} hold NaN or inf")
     methods: dict[str, str] = {}
     entries = quantize_state_dict(state, qcfg, parameter_roles(model), hessians=hessians, report=methods)
     config = {"model": model.cfg.__dict__, "quant": qcfg.__dict__}
@@ -81,11 +87,39 @@ def export_model(model: GPT, qcfg: QuantConfig, path: str | Path, *, allow_overs
 
 def load_exported(path: str | Path, *, device: torch.device | str = "cpu") -> GPT:
     """Rebuild a fresh model from an artifact (config and weights both come from the file)."""
+    return load_exported_with_meta(path, device=device)[0]
+
+
+def load_exported_with_meta(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[GPT, dict[str, Any]]:
+    """:func:`load_exported`, and the artifact's ``meta`` (e.g. the run identity the pipeline
+    records: tokenizer, ``seq_len``, validation settings). A config the model cannot be built
+    from, or tensors that do not fit it, raise :class:`~pgolf.artifact.format.ArtifactError`
+    naming the key or tensor (model keys missing from the config take their defaults)."""
     art = load_artifact(path)
-    model = GPT(ModelConfig(**art.config["model"]))
+    model = GPT(_model_config(art.config, path))
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(art.tensors))
     if missing:
-        raise ValueError(f"artifact {path} lacks tensors: {', '.join(missing[:5])}")
-    model.load_state_dict(dequantize_state_dict(art.tensors), strict=True)
-    return model.to(device)
+        raise ArtifactError(f"artifact {path}: its tensors do not fit the model its config describes (it lacks "
+                            f"{', '.join(missing[:5])})")
+    try:
+        model.load_state_dict(dequantize_state_dict(art.tensors), strict=True)
+    except RuntimeError as e:
+        first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise ArtifactError(f"artifact {path}: its tensors do not fit the model its config describes ({first})") from None
+    return model.to(device), art.meta
+
+
+def _model_config(config: dict[str, Any], path: str | Path) -> ModelConfig:
+    saved = config.get("model")
+    if not isinstance(saved, dict):
+        raise ArtifactError(f"artifact {path} has no model config; it was not written by pgolf's exporter")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ArtifactError(f"artifact {path} has model config keys this pgolf does not know: {', '.join(unknown)}; "
+                            "load it with the pgolf version that wrote it")
+    try:
+        return ModelConfig(**saved)
+    except TypeError as e:
+        raise ArtifactError(f"artifact {path} has an unusable model config: {e}") from None

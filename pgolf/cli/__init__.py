@@ -111,13 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``pgolf`` command; returns the exit code (2 for config errors, 1 for other errors)."""
+    """Run the ``pgolf`` command; returns the exit code: 2 for config errors, 1 for other errors
+    (bad data, files, checkpoints, a run that failed), 130 for SIGINT outside the training loop
+    (a signal during training saves a checkpoint and exits 128 + its number)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:
         print(f"pgolf: config error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:
         print(f"pgolf: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("pgolf: error: interrupted outside the training loop; no score was written (a checkpoint saved "
+              "earlier, if any, is kept)", file=sys.stderr)
+        return 130

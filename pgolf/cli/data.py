@@ -4,12 +4,23 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-from pathlib import Path
 from typing import Any
 
-from pgolf.data.build import DataError, build_dataset, build_embedded_dataset, read_documents, val_doc_count
+from pgolf.data.build import (DataError, build_dataset, build_embedded_dataset, read_documents, staged,
+                              val_doc_count, write_dataset)
 from pgolf.data.shards import ShardError
 from pgolf.data.tokenizer import TokenizerError, train_tokenizer
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,14 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", metavar="PATH", help="an existing SentencePiece model")
     parser.add_argument("--train-tokenizer", action="store_true",
                         help="train a BPE tokenizer on the training documents into OUT/tokenizer.model")
-    parser.add_argument("--vocab-size", type=int, metavar="N",
+    parser.add_argument("--vocab-size", type=_positive, metavar="N",
                         help="tokenizer vocabulary (required with --train-tokenizer; checked with --tokenizer; "
                              "--embedded default 512)")
-    parser.add_argument("--num-val-docs", type=int, default=50_000, metavar="N",
+    parser.add_argument("--num-val-docs", type=_positive, default=50_000, metavar="N",
                         help="the first N documents are validation (default 50000; small corpora use 1 in 10)")
-    parser.add_argument("--shard-tokens", type=int, default=100_000_000, metavar="N",
+    parser.add_argument("--shard-tokens", type=_positive, default=100_000_000, metavar="N",
                         help="tokens per shard (default 100000000)")
-    parser.add_argument("--max-docs", type=int, metavar="N", help="--embedded: keep only the first N documents")
+    parser.add_argument("--max-docs", type=_positive, metavar="N", help="--embedded: keep only the first N documents")
     parser.add_argument("--no-progress", action="store_true", help="never draw a progress bar")
 
 
@@ -49,27 +60,33 @@ def _build_from_args(args: argparse.Namespace) -> dict[str, Any]:
         raise DataError("--max-docs applies to --embedded only")
     if bool(args.tokenizer) == bool(args.train_tokenizer):
         raise DataError("give exactly one of --tokenizer PATH and --train-tokenizer")
-    tokenizer = args.tokenizer
-    if args.train_tokenizer:
-        if not args.vocab_size:
-            raise DataError("--train-tokenizer needs --vocab-size")
-        n_val = val_doc_count(sum(1 for _ in read_documents(args.inputs)), args.num_val_docs)
+    if not args.train_tokenizer:
+        return build_dataset(read_documents(args.inputs), args.out, tokenizer_path=args.tokenizer,
+                             vocab_size=args.vocab_size, **common)
+    if not args.vocab_size:
+        raise DataError("--train-tokenizer needs --vocab-size")
+    n_val = val_doc_count(sum(1 for _ in read_documents(args.inputs)), args.num_val_docs)
+    with staged(args.out, name_prefix="fineweb_") as stage:
         try:
             tokenizer = train_tokenizer(itertools.islice(read_documents(args.inputs), n_val, None),
-                                        args.vocab_size, Path(args.out) / "tokenizer")
+                                        args.vocab_size, stage / "tokenizer")
         except TokenizerError as e:
             raise DataError(str(e)) from None
-    return build_dataset(read_documents(args.inputs), args.out, tokenizer_path=tokenizer,
-                         vocab_size=args.vocab_size, **common)
+        return write_dataset(read_documents(args.inputs), stage, tokenizer_path=tokenizer,
+                             vocab_size=args.vocab_size, **common)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``pgolf data``: 0 on success; prints ``error: ...`` and returns 2 on bad input."""
+    """Run ``pgolf data``: 0 on success; prints ``error: ...`` and returns 2 on bad input (the
+    output folder's previous build is then untouched)."""
     try:
         manifest = _build_from_args(args)
     except (DataError, ShardError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     for name, split in sorted(manifest["splits"].items()):
         print(f"{name}: {split['docs']} documents, {split['tokens']} tokens, {len(split['shards'])} shard(s)")
     return 0

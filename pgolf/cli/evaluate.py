@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,44 +45,84 @@ class Loaded:
     load_seconds: float
 
 
-def load_model(args: argparse.Namespace, cfg: RunConfig, env: Any) -> tuple[Any, Any, float]:
+def _explicit_keys(args: argparse.Namespace) -> set[str]:
+    """The ``section.key`` names the user set on purpose (``--set`` and official env names)."""
+    from pgolf.config import env_overrides, resolve_key
+
+    keys = set()
+    for key in [item.partition("=")[0].strip() for item in args.sets] + list(env_overrides(os.environ)):
+        section, name = resolve_key(key)
+        keys.add(name if section is None else f"{section}.{name}")
+    return keys
+
+
+def load_model(args: argparse.Namespace, cfg: RunConfig, env: Any) -> tuple[Any, Any, float, dict, str]:
     """The model of ``args.checkpoint`` or ``args.artifact`` on its device (``cfg.model`` set from
-    it), the device, and the load time in seconds."""
-    from pgolf.artifact.export import load_exported
-    from pgolf.config import ModelConfig
+    it), the device, the load time in seconds, the run's identity record (tokenizer, ``seq_len``,
+    validation shards; :func:`pgolf.data.identity.run_identity`) and a name of the source."""
+    from pgolf.artifact.export import load_exported_with_meta
     from pgolf.model.gpt import GPT
-    from pgolf.train.checkpoint import load_checkpoint
+    from pgolf.train.checkpoint import load_checkpoint, pgolf_checkpoint
     from pgolf.util.device import pick_device
 
     device = pick_device(cfg.train.device, env)
     t0 = time.perf_counter()
     if args.checkpoint:
-        ck = load_checkpoint(args.checkpoint)
+        source = f"checkpoint {args.checkpoint}"
+        ck = pgolf_checkpoint(load_checkpoint(args.checkpoint), args.checkpoint)
         saved = RunConfig.from_dict(ck["config"])
-        model = GPT(ModelConfig(**saved.model.__dict__))
+        model = GPT(saved.model)
         model.load_state_dict(ck["model"])
         cfg.model = saved.model
+        record = ck.get("identity") or {"seq_len": saved.train.seq_len}
     else:
-        model = load_exported(args.artifact)
+        source = f"artifact {args.artifact}"
+        model, meta = load_exported_with_meta(args.artifact)
         cfg.model = model.cfg
-    return model.to(device), device, time.perf_counter() - t0
+        record = meta.get("identity") or {}
+    return model.to(device), device, time.perf_counter() - t0, record, source
 
 
 def load_for_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> Loaded:
-    """Load the checkpoint or artifact of ``args`` and the validation stream."""
+    """Load the checkpoint or artifact of ``args`` and the validation stream.
+
+    The run's record (tokenizer identity, ``seq_len``, validation shards, stored in the checkpoint
+    and the artifact) supplies what is not given; a different tokenizer (or shards made by one) is
+    refused, and a ``seq_len`` set with ``--set train.seq_len`` that differs from the record is
+    printed as an override."""
     import numpy as np
     import torch
 
+    from pgolf.data.identity import check_dataset, check_tokenizer, tokenizer_identity
     from pgolf.data.shards import load_tokens
     from pgolf.data.tokenizer import byte_table, load_tokenizer
+    from pgolf.pipeline import check_val_size
 
-    model, device, load_seconds = load_model(args, cfg, env)
-    sp = load_tokenizer(args.tokenizer or cfg.data.tokenizer)
-    cfg.validate(tokenizer_vocab=int(sp.vocab_size()))
-    tokens = torch.from_numpy(load_tokens(args.val_glob or cfg.data.val_glob,
-                                          vocab_size=cfg.model.vocab_size).astype(np.int64))
-    byte_counts = (torch.from_numpy(load_tokens(cfg.data.val_bytes_glob).astype(np.int64))
-                   if cfg.data.val_bytes_glob else None)
+    model, device, load_seconds, record, source = load_model(args, cfg, env)
+    explicit = _explicit_keys(args)
+    if not record.get("tokenizer"):
+        print(f"pgolf eval: warning: {source} records no tokenizer identity (an older pgolf wrote it); "
+              "the tokenizer cannot be checked", file=sys.stderr)
+    seq_len = record.get("seq_len") or cfg.train.seq_len
+    if seq_len != cfg.train.seq_len and "train.seq_len" in explicit:
+        print(f"pgolf eval: overriding the seq_len {seq_len} recorded in {source} with "
+              f"train.seq_len={cfg.train.seq_len}", file=sys.stderr)
+        seq_len = cfg.train.seq_len
+    cfg.train.seq_len = seq_len
+    cfg.train.val_batch_size = max(cfg.train.val_batch_size, seq_len)
+    recorded_tok = (record.get("tokenizer") or {}).get("path")
+    tokenizer = args.tokenizer or (recorded_tok if recorded_tok and os.path.isfile(recorded_tok) else cfg.data.tokenizer)
+    val_glob = args.val_glob or record.get("val_glob") or cfg.data.val_glob
+    bytes_glob = cfg.data.val_bytes_glob if "data.val_bytes_glob" in explicit else record.get("val_bytes_glob", "")
+    sp = load_tokenizer(tokenizer)
+    vocab = int(sp.vocab_size())
+    cfg.validate(tokenizer_vocab=vocab)
+    tok = tokenizer_identity(tokenizer, vocab)
+    check_tokenizer(record.get("tokenizer"), tok, what=source)
+    check_dataset(val_glob, tok, verify=cfg.data.verify_manifest)
+    tokens = torch.from_numpy(load_tokens(val_glob, vocab_size=vocab).astype(np.int64))
+    check_val_size(len(tokens), seq_len, val_glob)
+    byte_counts = torch.from_numpy(load_tokens(bytes_glob).astype(np.int64)) if bytes_glob else None
     return Loaded(cfg, model, tokens, byte_table(sp, cfg.model.vocab_size), byte_counts, device, load_seconds)
 
 
@@ -100,6 +143,10 @@ def run_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
         x = load_for_eval(args, cfg, env)
         results = evaluate_modes(x.model, x.tokens, x.table, cfg, device=x.device, byte_counts=x.byte_counts,
                                  rank=env.rank, world_size=env.world_size, record=bool(args.per_token_out))
+        for mode, r in results.items():
+            if not (math.isfinite(r.score.loss) and math.isfinite(r.score.bpb)):
+                raise RuntimeError(f"mode {mode} scores val_loss {r.score.loss} / val_bpb {r.score.bpb}: the "
+                                   f"weights are broken")
         if env.master:
             for mode, r in results.items():
                 s = r.score

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
     if env.distributed:
         raise ValueError("pgolf tune-cache runs in one process; drop torchrun")
     cfg.set("eval.mode", args.mode)
-    model, device, _ = load_model(args, cfg, env)
+    model, device, _, _, _ = load_model(args, cfg, env)
     model.eval()
     sp = load_tokenizer(args.tokenizer or cfg.data.tokenizer)
     cfg.validate(tokenizer_vocab=int(sp.vocab_size()))

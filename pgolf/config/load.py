@@ -57,6 +57,11 @@ def load_config(preset: str = "baseline", *, file: str | Path | None = None,
             raise ConfigError(f"config file {path} does not exist") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be read: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object of sections ({{\"train\": {{...}}}}), "
+                              f"got a {type(data).__name__}")
         cfg.update(data)
     for key, value in env_overrides(environ or {}).items():
         cfg.set(key, value)

@@ -118,7 +118,11 @@ def resolve_key(key: str) -> tuple[str | None, str]:
 
 
 def parse_value(key: str, value: Any, ftype: type) -> Any:
-    """Convert ``value`` (often a string from the CLI or environment) to ``ftype``."""
+    """Convert ``value`` (often a string from the CLI or environment) to ``ftype``; a list, a
+    mapping or null (from a JSON file) is never turned into a string."""
+    if ftype is str and (not isinstance(value, (str, int, float)) or isinstance(value, bool)):
+        raise ConfigError(f"invalid value {value!r} for {key}: expected one string (a glob matches several "
+                          "files: write one pattern, e.g. 'dir/fineweb_train_*.bin')")
     try:
         if ftype is bool:
             if isinstance(value, bool):

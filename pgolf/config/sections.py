@@ -58,6 +58,9 @@ class DataConfig:
     embedded_default: bool = False
     embedded_dir: str = "data/embedded"
     embedded_vocab_size: int = 512
+    # Require every shard folder to hold a pgolf manifest made with data.tokenizer (see
+    # pgolf.data.identity); false reads folders without one (official downloads) unverified.
+    verify_manifest: bool = True
 
 
 @dataclass

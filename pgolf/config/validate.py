@@ -1,8 +1,10 @@
 """Checks of a whole run configuration: every value in its domain, before any work starts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from typing import Any
 
 from pgolf.codec import COMPRESSORS
@@ -20,6 +22,11 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
     """Reject impossible values of a :class:`pgolf.config.RunConfig` with a :class:`ConfigError`
     naming the key; ``tokenizer_vocab`` (when known) must fit in ``model.vocab_size``."""
     m, t, o, q = cfg.model, cfg.train, cfg.optim, cfg.quant
+    for section in ("model", "data", "optim", "train", "quant"):
+        for f in dataclasses.fields(getattr(cfg, section)):
+            v = getattr(getattr(cfg, section), f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{section}.{f.name} must be a finite number, got {v}")
     positive = {
         "model.vocab_size": m.vocab_size, "model.num_layers": m.num_layers,
         "model.model_dim": m.model_dim, "model.num_heads": m.num_heads,
@@ -71,6 +78,13 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
                                 ("train.kernels", t.kernels, IMPLS)):
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if not 0.0 < q.clip_percentile <= 100.0:
+        raise ConfigError(f"quant.clip_percentile must be in (0, 100], got {q.clip_percentile}")
+    for key in ("clip_sigma", "qat_temperature_start", "qat_temperature_end"):
+        if not getattr(q, key) > 0:
+            raise ConfigError(f"quant.{key} must be > 0, got {getattr(q, key)}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device):
+        raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {t.device!r}")
     if q.qat_start_frac >= 1.0:
         raise ConfigError(f"quant.qat_start_frac must be < 1 (negative disables QAT), got {q.qat_start_frac}")
     parse_policy(q.policy)

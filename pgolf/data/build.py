@@ -10,6 +10,12 @@ manifest and the log say so.
 
 ``manifest.json``, written last, records the tokenizer (file name, SHA-256, vocabulary),
 document and token counts per split, and the name, token count and SHA-256 of every shard.
+
+Nothing in the output folder changes until the new build is complete: everything (a trained
+tokenizer included) is written into a staging folder inside it (:func:`staged`), and only then
+swapped in (the old manifest removed first, then the previous build's shards, then the new
+files moved in, the manifest last). A bad input file, a bad JSONL line or a kill during the build
+leaves the previous build as it was.
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ import logging
 import os
 import platform
 import re
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -108,13 +116,56 @@ def _encode(sp: Any, documents: Iterable[str], bos_id: int) -> Iterator[np.ndarr
             yield np.array([bos_id, *ids], dtype="<u2")
 
 
-def _remove_outputs(out: Path, prefix: str) -> None:
-    """Delete a previous build's manifest and shards, so no stale shard matches the globs."""
-    (out / MANIFEST).unlink(missing_ok=True)
+STAGING_PREFIX = ".pgolf-staging-"
+
+
+def _previous_outputs(out: Path, prefix: str) -> list[Path]:
+    """A previous build's manifest and shards (any file named like a shard of ``prefix``)."""
     pattern = re.compile(rf"{re.escape(prefix)}(train|val)_\d{{6}}\.bin")
-    for f in out.iterdir():
-        if pattern.fullmatch(f.name):
+    return [f for f in out.iterdir() if f.name == MANIFEST or pattern.fullmatch(f.name)]
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def staged(out_dir: str | os.PathLike, *, name_prefix: str) -> Iterator[Path]:
+    """A fresh staging folder inside ``out_dir`` to build into; when the block succeeds its files
+    replace the previous build (manifest and ``name_prefix`` shards) in ``out_dir``, the new
+    manifest last. When the block fails, ``out_dir`` is left exactly as it was (staging folders
+    of killed builds, whose pid no longer runs, are removed the next time)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output {out} is a file, not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for left in out.glob(f"{STAGING_PREFIX}*"):  # a killed build's leftovers
+            if not _pid_alive(left.name[len(STAGING_PREFIX):]):
+                shutil.rmtree(left, ignore_errors=True)
+        stage = out / f"{STAGING_PREFIX}{os.getpid()}"
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+    except OSError as e:
+        raise DataError(f"cannot write into {out}: {e.strerror or e}; choose a writable --out") from None
+    try:
+        yield stage
+        old = _previous_outputs(out, name_prefix)
+        if any(f.name != MANIFEST for f in old):
+            log.warning("replacing the previous build in %s (%d files)", out, len(old))
+        for f in sorted(old, key=lambda f: f.name != MANIFEST):  # the manifest goes first
             f.unlink()
+        new = sorted(stage.iterdir(), key=lambda f: f.name == MANIFEST)  # the manifest comes last
+        for f in new:
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -141,15 +192,26 @@ def build_dataset(documents: Iterable[str], out_dir: str | os.PathLike, *, token
 
     See the module docstring for the split rule and file names. ``vocab_size``, when given,
     must equal the tokenizer's; the tokenizer must have a standalone ``▁`` piece and BOS id
-    ``bos_id``; violations raise :class:`DataError`. Previous shards with the same names and
-    the old manifest are deleted first. ``extra`` entries are added to the manifest.
+    ``bos_id``; violations raise :class:`DataError`. The build is staged (:func:`staged`): the
+    previous manifest and shards are replaced only once the new ones are complete. ``extra``
+    entries are added to the manifest.
     """
+    with staged(out_dir, name_prefix=name_prefix) as stage:
+        return write_dataset(documents, stage, tokenizer_path=tokenizer_path, vocab_size=vocab_size,
+                             num_val_docs=num_val_docs, shard_tokens=shard_tokens, bos_id=bos_id,
+                             name_prefix=name_prefix, progress=progress, extra=extra)
+
+
+def write_dataset(documents: Iterable[str], out: Path, *, tokenizer_path: str | os.PathLike,
+                  vocab_size: int | None = None, num_val_docs: int = 50_000, shard_tokens: int = 100_000_000,
+                  bos_id: int = 1, name_prefix: str = "fineweb_", progress: bool = True,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`build_dataset` into the folder ``out`` (a staging folder) as it is, unstaged."""
     if shard_tokens < 1:
         raise DataError(f"shard_tokens must be >= 1, got {shard_tokens}")
+    if num_val_docs < 1:
+        raise DataError(f"num_val_docs must be >= 1, got {num_val_docs}")
     sp = _load_checked(tokenizer_path, vocab_size, bos_id)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_outputs(out, name_prefix)
     encoded = _encode(sp, progress_bar(documents, desc="tokenizing", unit="doc", enabled=progress), bos_id)
     head = list(itertools.islice(encoded, 2 * num_val_docs))
     n_val = val_doc_count(len(head), num_val_docs)
@@ -226,14 +288,14 @@ def build_embedded_dataset(out_dir: str | os.PathLike, *, vocab_size: int = 512,
             return existing
     except DataError:
         pass
-    out.mkdir(parents=True, exist_ok=True)
     n_val = val_doc_count(len(docs), num_val_docs)
-    try:
-        tokenizer = train_tokenizer(docs[n_val:], vocab_size, out / "tokenizer")
-    except TokenizerError as e:
-        raise DataError(str(e)) from None
-    return build_dataset(docs, out, tokenizer_path=tokenizer, vocab_size=vocab_size, num_val_docs=num_val_docs,
-                         shard_tokens=shard_tokens, name_prefix="", progress=progress, extra={"embedded": key})
+    with staged(out, name_prefix="") as stage:
+        try:
+            tokenizer = train_tokenizer(docs[n_val:], vocab_size, stage / "tokenizer")
+        except TokenizerError as e:
+            raise DataError(str(e)) from None
+        return write_dataset(docs, stage, tokenizer_path=tokenizer, vocab_size=vocab_size, num_val_docs=num_val_docs,
+                             shard_tokens=shard_tokens, name_prefix="", progress=progress, extra={"embedded": key})
 
 
 def read_documents(paths: Iterable[str | os.PathLike]) -> Iterator[str]:

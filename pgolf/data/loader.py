@@ -10,18 +10,21 @@ per step, ``T`` tokens per sequence, ``W`` ranks and ``A`` accumulation micro-st
   global sequences ``[(r*A + m)*n, (r*A + m + 1)*n)``.
 
 So the set of sequences a step trains on depends only on ``(seed, shards, s, G, T)``, never
-on ``W`` or ``A``, and a resumed run sees exactly the tokens it would have. Only the slices
-read are touched in the memory-mapped shards.
+on ``W`` or ``A``, and a resumed run sees exactly the tokens it would have. Only the slices a
+batch needs are read (``os.pread`` on files held open, not memory maps: a shard truncated
+under a running job then gives a :class:`LoaderError` naming it instead of a bus error), and
+with ``vocab_size`` every batch is checked to hold only ids below it.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import numpy as np
 import torch
 
-from pgolf.data.shards import read_shard, shard_files
+from pgolf.data.shards import HEADER_BYTES, shard_files, shard_token_count
 
 
 class LoaderError(ValueError):
@@ -35,19 +38,22 @@ def _order_key(seed: int, name: str) -> str:
 class TokenLoader:
     """Serves ``(x, y)`` micro-batches of the shards matching ``pattern`` (see module doc)."""
 
-    def __init__(self, pattern: str, *, rank: int = 0, world_size: int = 1, seed: int = 0):
+    def __init__(self, pattern: str, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 vocab_size: int | None = None):
         if not 0 <= rank < world_size:
             raise LoaderError(f"rank {rank} is outside 0..{world_size - 1}")
         files = shard_files(pattern)
         if seed != 0:
             files = sorted(files, key=lambda f: _order_key(seed, f.name))
-        self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.shards = [read_shard(f) for f in files]
-        self.starts = np.cumsum([0] + [s.size for s in self.shards])
+        self.rank, self.world_size, self.seed, self.vocab_size = rank, world_size, seed, vocab_size
+        self.files = files
+        self.sizes = [shard_token_count(f) for f in files]
+        self._handles = [open(f, "rb") for f in files]
+        self.starts = np.cumsum([0] + self.sizes)
         self.total = int(self.starts[-1])
         if self.total == 0:
             raise LoaderError(f"the shards matching {pattern!r} hold no tokens")
-        listing = "\n".join(f"{f.name} {s.size}" for f, s in zip(files, self.shards))
+        listing = "\n".join(f"{f.name} {n}" for f, n in zip(files, self.sizes))
         self.fingerprint = hashlib.sha256(listing.encode()).hexdigest()
 
     def _read(self, pos: int, length: int) -> np.ndarray:
@@ -58,11 +64,24 @@ class TokenLoader:
         while filled < length:
             i = int(np.searchsorted(self.starts, pos, side="right")) - 1
             offset = pos - int(self.starts[i])
-            take = min(length - filled, self.shards[i].size - offset)
-            out[filled:filled + take] = self.shards[i][offset:offset + take]
+            take = min(length - filled, self.sizes[i] - offset)
+            out[filled:filled + take] = self._tokens(i, offset, take)
             filled += take
             pos = (pos + take) % self.total
         return out
+
+    def _tokens(self, i: int, offset: int, count: int) -> np.ndarray:
+        """``count`` tokens of shard ``i`` from ``offset``, checked against the vocabulary."""
+        data = os.pread(self._handles[i].fileno(), 2 * count, HEADER_BYTES + 2 * offset)
+        if len(data) != 2 * count:
+            raise LoaderError(f"shard {self.files[i]} changed while it was being read (it held {self.sizes[i]} "
+                              "tokens at start); do not rewrite shards under a running job")
+        tokens = np.frombuffer(data, dtype="<u2")
+        if self.vocab_size is not None and count and int(tokens.max()) >= self.vocab_size:
+            j = int(np.flatnonzero(tokens >= self.vocab_size)[0])
+            raise LoaderError(f"shard {self.files[i]}: token id {int(tokens[j])} at index {offset + j} is >= "
+                              f"vocab_size {self.vocab_size}; these shards were made by a larger tokenizer")
+        return tokens
 
     def next_batch(self, step: int, *, global_tokens: int, seq_len: int, grad_accum_steps: int,
                    micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +104,7 @@ class TokenLoader:
         """What a resumed run must match: the seed and the fingerprint of the ordered shard list
         (the position itself is the step, which the checkpoint holds)."""
         return {"seed": self.seed, "fingerprint": self.fingerprint,
-                "num_shards": len(self.shards), "total_tokens": self.total}
+                "num_shards": len(self.files), "total_tokens": self.total}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Check a :meth:`state_dict` against this loader; raises :class:`LoaderError` if the seed or
@@ -96,4 +115,4 @@ class TokenLoader:
             raise LoaderError(
                 f"loader state is for a different shard list ({state['num_shards']} shards, "
                 f"{state['total_tokens']} tokens, fingerprint {state['fingerprint'][:12]}) than this loader's "
-                f"({len(self.shards)} shards, {self.total} tokens, fingerprint {self.fingerprint[:12]})")
+                f"({len(self.files)} shards, {self.total} tokens, fingerprint {self.fingerprint[:12]})")

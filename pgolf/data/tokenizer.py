@@ -24,6 +24,7 @@ byte fallback.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,10 +128,14 @@ def train_tokenizer(texts: Iterable[str] | str | os.PathLike, vocab_size: int,
             raise TokenizerError(f"tokenizer training text {path} does not exist")
         texts = [path.read_text(encoding="utf-8")]
     out = Path(f"{os.fspath(model_prefix)}.model")
+    lines = _training_lines(texts)
+    first = next(lines, None)
+    if first is None:
+        raise TokenizerError(f"no text to train a {vocab_size}-piece tokenizer on: the training documents are empty")
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_training_lines(texts), model_writer=model, vocab_size=vocab_size,
+            sentence_iterator=itertools.chain([first], lines), model_writer=model, vocab_size=vocab_size,
             model_type="bpe", byte_fallback=True, split_digits=True, add_dummy_prefix=False,
             normalization_rule_name="nmt_nfkc", remove_extra_whitespaces=True,
             character_coverage=0.9995, required_chars=SPACE, pad_id=0, bos_id=1, eos_id=2, unk_id=3,

@@ -8,7 +8,9 @@ The loop knows nothing of evaluation or export: validation, checkpoint writing a
 settings (QAT) come in as :class:`LoopHooks`, so :mod:`pgolf.pipeline` composes them. Never lose
 work: :meth:`Trainer.save` hands the full training state (model, optimisers, step, training time,
 loader identity, RNG of every rank) to the checkpoint hook every ``checkpoint_every`` steps, at the
-end and when SIGTERM/SIGINT arrives; a non-finite loss stops the run naming the step.
+end and when SIGTERM/SIGINT arrives; a non-finite loss, or weights that turned non-finite by
+the time a checkpoint is due, stop the run naming the step, and the last checkpoint (always one
+with finite weights) is left as it is.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import torch.distributed as dist
 from pgolf.config import TrainConfig
 from pgolf.data.loader import TokenLoader
 from pgolf.optim.optimizers import Optimizers
-from pgolf.train.checkpoint import rng_state, set_rng_state
+from pgolf.train.checkpoint import non_finite_tensors, rng_state, set_rng_state
 from pgolf.train.runlog import RunLog
 from pgolf.train.signals import SignalFlag
 from pgolf.util.device import DistEnv, all_reduce_mean, any_rank, autocast_for, sync
@@ -128,8 +130,19 @@ class Trainer:
         rng = state["rng"]
         set_rng_state(rng[self.env.rank] if isinstance(rng, list) else rng)
 
+    def _last_good(self) -> str:
+        ckpt = self.hooks.checkpoint_path
+        return (f"the last good checkpoint {ckpt} is intact" if ckpt is not None and ckpt.exists()
+                else "no checkpoint was written")
+
     def save(self) -> None:
-        """Gather every rank's RNG and hand the state to the checkpoint hook on rank 0."""
+        """Gather every rank's RNG and hand the state to the checkpoint hook on rank 0; raises
+        :class:`TrainingError` instead when the weights are not all finite (every rank holds the
+        same weights, so every rank raises)."""
+        bad = non_finite_tensors(self.model.state_dict())
+        if bad:
+            raise TrainingError(f"the weights hold NaN or inf after step {self.step} ({', '.join(bad[:4])}); "
+                                f"stopping without saving them; {self._last_good()}")
         rngs = [None] * self.env.world_size
         if self.env.distributed:
             dist.all_gather_object(rngs, rng_state())
@@ -173,10 +186,8 @@ class Trainer:
                 self.hooks.before_step(self.step, elapsed_s)
                 loss = float(self.train_step(self.step).item())
                 if not math.isfinite(loss):
-                    ckpt = self.hooks.checkpoint_path
-                    good = (f"the last good checkpoint {ckpt} is intact" if ckpt is not None and ckpt.exists()
-                            else "no checkpoint was written")
-                    raise TrainingError(f"non-finite train loss ({loss}) at step {self.step + 1}; stopping; {good}")
+                    raise TrainingError(f"non-finite train loss ({loss}) at step {self.step + 1}; stopping; "
+                                        f"{self._last_good()}")
                 self.opts.step()
                 self.step += 1
                 now_ms = self.train_ms + 1000.0 * (time.perf_counter() - t0)

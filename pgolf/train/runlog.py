@@ -10,7 +10,8 @@ from typing import Any
 
 class RunLog:
     """Prints lines (rank 0) and appends them to ``run_dir/train.log``; metrics go to
-    ``run_dir/metrics.jsonl`` as one JSON object per event."""
+    ``run_dir/metrics.jsonl`` as one JSON object per event. A last metrics line torn by a kill
+    (no newline at the end) is cut off when the log is opened again, with a note in ``train.log``."""
 
     def __init__(self, run_dir: str | Path, *, enabled: bool = True, echo: bool = True):
         self.run_dir = Path(run_dir)
@@ -19,12 +20,26 @@ class RunLog:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.run_dir / "train.log"
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        if enabled:
+            self._cut_torn_tail()
 
-    def line(self, msg: str) -> None:
-        """Print ``msg`` (when echoing) and append it to ``train.log``."""
+    def _cut_torn_tail(self) -> None:
+        if not self.metrics_path.is_file():
+            return
+        data = self.metrics_path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        with open(self.metrics_path, "r+b") as f:
+            f.truncate(keep)
+        self.line(f"metrics: cut a torn last line ({len(data) - keep} bytes) from {self.metrics_path}", echo=False)
+
+    def line(self, msg: str, *, echo: bool | None = None) -> None:
+        """Print ``msg`` (when echoing; ``echo`` overrides the logger's setting) and append it to
+        ``train.log``."""
         if not self.enabled:
             return
-        if self.echo:
+        if self.echo if echo is None else echo:
             print(msg, flush=True)
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(msg + "\n")

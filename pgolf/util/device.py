@@ -34,10 +34,24 @@ class DistEnv:
         return self.rank == 0
 
 
+class DeviceError(ValueError):
+    """The requested device does not exist on this machine."""
+
+
 def pick_device(requested: str, env: DistEnv) -> torch.device:
-    """``requested`` as a device, or for ``"auto"`` this rank's GPU when CUDA is there, else the CPU."""
+    """``requested`` as a device, or for ``"auto"`` this rank's GPU when CUDA is there, else the CPU.
+    A CUDA device this machine does not have raises :class:`DeviceError`."""
     if requested != "auto":
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise DeviceError(f"train.device={requested!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if (device.index or 0) >= count:
+                raise DeviceError(f"train.device={requested} but this machine has {count} CUDA device(s); "
+                                  "use train.device=auto or cpu")
+        return device
     return torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 

@@ -33,6 +33,11 @@ For a weight ``W`` of shape ``(rows, cols)`` (one scale per row = per output cha
 
 4. ``fq(W) = codes * s`` in float32: exactly ``QTensor.dequantize()``.
 
+A row holding a NaN or an infinity gets a NaN scale, so its whole ``fq(W)`` row is NaN on every
+path (an infinity would otherwise clamp to a finite garbage scale): non-finite weights are never
+hidden behind finite outputs. The check is elementwise on the device, no host sync, so it also
+runs under ``torch.compile``; the exporter refuses such weights outright.
+
 Gradients (scales are treated as constants: no gradient flows into ``s``)
 --------------------------------------------------------------------------
 With ``x = W / s`` the weight is *clipped* where the clamp changed the rounded code,

@@ -32,6 +32,11 @@ def _fq_weight_kernel(w_ptr, s_in_ptr, act_ptr, s_ptr, wq_ptr, K, stride_w, stri
     if RULE == 0:
         scale = tl.load(s_in_ptr + row).to(tl.float32)
     else:
+        bad = tl.zeros([BLOCK], dtype=tl.int32)                           # [BLOCK] non-finite seen
+        for k0 in range(0, K, BLOCK):
+            k = k0 + offs
+            v = tl.load(base + k, mask=k < K, other=0.0).to(tl.float32)
+            bad |= ((v != v) | (tl.abs(v) == float("inf"))).to(tl.int32)
         if RULE == 2:
             acc = tl.zeros([BLOCK], dtype=tl.float64)
             for k0 in range(0, K, BLOCK):
@@ -53,6 +58,7 @@ def _fq_weight_kernel(w_ptr, s_in_ptr, act_ptr, s_ptr, wq_ptr, K, stride_w, stri
             clip = tl.max(m, axis=0)
         scale = tl.math.div_rn(clip, tl.full([], QMAX, tl.float32))
         scale = tl.minimum(tl.maximum(scale, MIN_SCALE), FP16_MAX).to(tl.float16).to(tl.float32)
+        scale = tl.where(tl.max(bad, axis=0) != 0, float("nan"), scale)  # a non-finite row: NaN scale
     tl.store(s_ptr + row, scale.to(tl.float16))
     if WRITE_WQ:
         act = tl.load(act_ptr) != 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from .._dispatch import resolve_impl
-from .reference import (FLOAT_DTYPES, SURROGATES, check_rule, check_weight, fake_quant_linear_reference, qmax_for,
-                        row_scales_reference)
+from .reference import (FLOAT_DTYPES, SURROGATES, check_rule, check_temperature, check_weight,
+                        fake_quant_linear_reference, qmax_for, row_scales_reference)
 
 
 def row_scales(w: torch.Tensor, *, bits: int, rule: str = "maxabs", percentile: float = 99.99984,
@@ -230,7 +230,8 @@ def fake_quant_linear(x: torch.Tensor, weight: torch.Tensor, *, bits: int, rule:
         rule: per-row clip rule, ``"maxabs"``, ``"percentile"`` (``percentile`` in percent) or
             ``"sigma"`` (``sigma`` standard deviations, ``correction=0``).
         surrogate: gradient of the rounding, ``"ste"`` or ``"softround"`` with ``temperature``.
-        temperature: soft-round temperature ``T > 0`` (float or one-element tensor); unused by STE.
+        temperature: soft-round temperature, finite and ``> 0`` (float or one-element tensor, checked
+            alike; a tensor is read only for ``softround`` and not while ``torch.compile`` traces).
         active: when false (bool or one-element bool tensor) the op is a plain linear.
         impl: ``"auto"`` | ``"triton"`` | ``"torch"`` (see ``triton_kernels._dispatch``).
 
@@ -251,8 +252,7 @@ def fake_quant_linear(x: torch.Tensor, weight: torch.Tensor, *, bits: int, rule:
     check_rule(rule, percentile, sigma)
     if surrogate not in SURROGATES:
         raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
-    if not isinstance(temperature, torch.Tensor) and not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_temperature(temperature, surrogate)
     check_weight(weight)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")

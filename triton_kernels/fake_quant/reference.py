@@ -30,6 +30,25 @@ def check_rule(rule: str, percentile: float, sigma: float) -> None:
         raise ValueError(f"sigma must be > 0, got {sigma}")
 
 
+def check_temperature(temperature: float | torch.Tensor, surrogate: str) -> None:
+    """The soft-round temperature must be finite and > 0, as a float or as a one-element tensor.
+
+    A tensor is read only where its value matters (``softround``) and only outside
+    ``torch.compile`` tracing (reading it is a host sync; a compiled graph cannot branch on it).
+    """
+    if isinstance(temperature, torch.Tensor):
+        if temperature.numel() != 1:
+            raise ValueError(f"temperature must be a float or a one-element tensor, got shape "
+                             f"{tuple(temperature.shape)}")
+        if surrogate != "softround" or torch.compiler.is_compiling():
+            return
+        value = float(temperature.detach().reshape(()).float().cpu())
+    else:
+        value = float(temperature)
+    if not 0.0 < value < float("inf"):
+        raise ValueError(f"temperature must be finite and > 0, got {value}")
+
+
 def check_weight(w: torch.Tensor, what: str = "weight") -> None:
     if w.ndim != 2 or w.shape[0] == 0 or w.shape[1] == 0:
         raise ValueError(f"{what} must be a non-empty 2-D tensor (rows, cols), got shape {tuple(w.shape)}")
@@ -37,8 +56,9 @@ def check_weight(w: torch.Tensor, what: str = "weight") -> None:
         raise TypeError(f"{what} must be float32, float16 or bfloat16, got {w.dtype}")
 
 
-def _finish_scale(clip: torch.Tensor, qmax: int) -> torch.Tensor:
-    return (clip / qmax).clamp(MIN_SCALE, FP16_MAX).to(torch.float16)
+def _finish_scale(clip: torch.Tensor, qmax: int, finite_rows: torch.Tensor) -> torch.Tensor:
+    scale = (clip / qmax).clamp(MIN_SCALE, FP16_MAX)
+    return torch.where(finite_rows, scale, torch.nan).to(torch.float16)
 
 
 def row_scales_reference(w: torch.Tensor, *, bits: int, rule: str = "maxabs",
@@ -54,7 +74,7 @@ def row_scales_reference(w: torch.Tensor, *, bits: int, rule: str = "maxabs",
         clip = torch.quantile(w32.abs(), percentile / 100.0, dim=1)
     else:
         clip = w32.double().std(dim=1, correction=0).float() * sigma
-    return _finish_scale(clip, qmax)
+    return _finish_scale(clip, qmax, torch.isfinite(w32).all(dim=1))
 
 
 
@@ -111,6 +131,7 @@ def fake_quant_weight(weight: torch.Tensor, *, bits: int, rule: str = "maxabs", 
     the linear :func:`fake_quant_linear` does not apply. ``fq(W)`` equals the exporter's
     ``dequantize(quantize(W))`` bit for bit.
     """
+    check_temperature(temperature, surrogate)
     scale = row_scales_reference(weight, bits=bits, rule=rule, percentile=percentile, sigma=sigma)
     temperature = torch.as_tensor(temperature, dtype=torch.float32, device=weight.device)
     w_eff = _FakeQuantWeight.apply(weight, scale, bits, surrogate, temperature)

@@ -1,0 +1,77 @@
+"""Helpers of the reliability suite (tests/test_reliability_*.py): run the ``pgolf`` command in
+this process and judge its answer, plus a tiny training configuration."""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgolf.cli import main as cli_main
+
+
+@dataclass
+class Answer:
+    rc: int
+    out: str
+    err: str
+
+
+def pgolf(*argv: str) -> Answer:
+    """Run ``pgolf ARGV`` in this process; an exception escaping ``main`` (a traceback for a
+    user) fails the test by propagating."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = cli_main(list(argv))
+        except SystemExit as e:  # argparse, or a signal during training
+            rc = e.code if isinstance(e.code, int) else 1
+    return Answer(rc, out.getvalue(), err.getvalue())
+
+
+def assert_clear(answer: Answer, pattern: str) -> str:
+    """The command failed (non-zero exit) with one error line matching ``pattern`` and no
+    traceback; returns that line."""
+    assert answer.rc != 0, f"exit 0 for a case that must fail:\n{answer.out[-2000:]}\n{answer.err[-2000:]}"
+    assert "Traceback" not in answer.err + answer.out, answer.err
+    lines = [line for line in answer.err.splitlines() if "error" in line]
+    assert len(lines) == 1, f"expected one error line, got:\n{answer.err}"
+    assert re.search(pattern, lines[0]), f"{pattern!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def tiny_sets(data: Path, run_dir: Path, **extra) -> list[str]:
+    """``--set`` arguments of a 2-layer, width-32 run of a few steps on ``data`` (an embedded build)."""
+    values = {
+        "data.train_glob": f"{data}/train_*.bin", "data.val_glob": f"{data}/val_*.bin",
+        "data.tokenizer": f"{data}/tokenizer.model", "data.embedded_default": "false",
+        "model.vocab_size": 512, "model.num_layers": 2, "model.model_dim": 32, "model.num_heads": 2,
+        "model.num_kv_heads": 1, "train.seq_len": 32, "train.train_batch_tokens": 256,
+        "train.micro_batch_tokens": 256, "train.iterations": 4, "train.val_loss_every": 0,
+        "train.val_max_tokens": 2048, "train.val_batch_size": 2048, "train.checkpoint_every": 2,
+        "train.max_wallclock_seconds": 0, "train.warmdown_iters": 2, "train.train_log_every": 1,
+        "train.run_dir": str(run_dir), "optim.muon_momentum_warmup_steps": 2, "train.kernels": "torch",
+    }
+    values.update(extra)
+    return [arg for k, v in values.items() for arg in ("--set", f"{k}={v}")]
+
+
+def train(data: Path, run_dir: Path, *flags: str, **extra) -> Answer:
+    """``pgolf train`` of the tiny configuration."""
+    return pgolf("train", "--preset", "demo", *tiny_sets(data, run_dir, **extra), *flags)
+
+
+def copy_dataset(src: Path, dst: Path, *, manifest: bool = True) -> Path:
+    """A copy of an embedded build (optionally without its manifest)."""
+    shutil.copytree(src, dst)
+    if not manifest:
+        (dst / "manifest.json").unlink()
+    return dst
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` and its bytes (to show that nothing changed)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
