@@ -13,6 +13,16 @@ from pgolf.optim.muon import Muon
 from pgolf.optim.schedule import lr_multiplier, muon_momentum
 
 
+NS_DTYPES: dict[str, torch.dtype | None] = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def fused_adam_supported(device: torch.device) -> bool:
+    """Whether this torch build has fused Adam kernels for ``device``'s type (CUDA, and the CPU
+    since torch 2.4)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    return device.type in _get_fused_kernels_supported_devices()
+
+
 def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Split parameters into the official optimiser groups by their role
     (:func:`pgolf.model.roles.parameter_roles`): ``embed`` (Adam, ``tied_embed_lr`` or
@@ -32,13 +42,14 @@ class Optimizers:
         """Build the official split of ``model``'s parameters (:func:`parameter_groups`)."""
         self.ocfg, self.tcfg = ocfg, tcfg
         groups = parameter_groups(model)
-        fused = {"fused": True} if model.tok_emb.weight.is_cuda else {}
+        fused = {"fused": True} if ocfg.adam_fused and fused_adam_supported(model.tok_emb.weight.device) else {}
         adam = dict(betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.adam_eps, **fused)
         token_lr = ocfg.tied_embed_lr if model.cfg.tie_embeddings else ocfg.embed_lr
         self.adam_embed = torch.optim.Adam([{"params": groups["embed"], "lr": token_lr, "base_lr": token_lr}], **adam)
         self.muon = Muon(groups["matrix"], lr=ocfg.matrix_lr, momentum=ocfg.muon_momentum,
                          backend_steps=ocfg.muon_backend_steps, schedule=ocfg.ns_schedule,
-                         weight_decay=ocfg.muon_weight_decay, row_norm=ocfg.muon_row_norm, impl=tcfg.kernels)
+                         weight_decay=ocfg.muon_weight_decay, row_norm=ocfg.muon_row_norm, impl=tcfg.kernels,
+                         ns_dtype=NS_DTYPES[ocfg.muon_ns_dtype], per_matrix=ocfg.muon_per_matrix)
         for g in self.muon.param_groups:
             g["base_lr"] = ocfg.matrix_lr
         self.adam_scalar = torch.optim.Adam(
