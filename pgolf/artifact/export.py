@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from pgolf.artifact.format import load_artifact, save_artifact
+from pgolf.artifact.official_int8 import load_official_int8, save_official_int8
 from pgolf.config import ModelConfig, QuantConfig
 from pgolf.model.gpt import GPT
 from pgolf.model.roles import parameter_roles
@@ -60,13 +61,19 @@ def export_model(model: GPT, qcfg: QuantConfig, path: str | Path, *, allow_overs
                  meta: dict | None = None) -> ExportReport:
     """Quantise ``model`` per ``qcfg``, write the artifact, and account its size.
 
+    ``qcfg.scheme="official_int8"`` writes the official ``final_model.int8.ptz`` bytes instead
+    (:mod:`pgolf.artifact.official_int8`; no model config inside, ``meta`` unused).
+
     Raises :class:`OversizeError` when over the cap unless ``allow_oversize``; the file is kept
     either way so the work is not lost.
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    entries = quantize_state_dict(state, qcfg, parameter_roles(model))
-    config = {"model": model.cfg.__dict__, "quant": qcfg.__dict__}
-    save_artifact(path, config=config, tensors=entries, codec=qcfg.codec, meta=meta or {})
+    if qcfg.scheme == "official_int8":
+        save_official_int8(path, state, parameter_roles(model))
+    else:
+        entries = quantize_state_dict(state, qcfg, parameter_roles(model))
+        config = {"model": model.cfg.__dict__, "quant": qcfg.__dict__}
+        save_artifact(path, config=config, tensors=entries, codec=qcfg.codec, meta=meta or {})
     report = ExportReport(Path(path), Path(path).stat().st_size, code_bytes())
     if not report.fits and not allow_oversize:
         raise OversizeError(
@@ -75,13 +82,20 @@ def export_model(model: GPT, qcfg: QuantConfig, path: str | Path, *, allow_overs
     return report
 
 
-def load_exported(path: str | Path, *, device: torch.device | str = "cpu") -> GPT:
-    """Rebuild a fresh model from an artifact (config and weights both come from the file)."""
+def load_exported(path: str | Path, *, device: torch.device | str = "cpu", official_cfg: ModelConfig | None = None
+                  ) -> GPT:
+    """Rebuild a fresh model from an artifact (config and weights both come from the file), or,
+    with ``official_cfg``, from an official int8 file (which holds weights only), the way the
+    official script reloads it: into a model of that config and its dtype layout."""
+    if official_cfg is not None:
+        model = GPT(official_cfg).place(device)
+        model.load_state_dict(load_official_int8(path), strict=True)
+        return model
     art = load_artifact(path)
-    model = GPT(ModelConfig(**art.config["model"]))
+    model = GPT(ModelConfig(**art.config["model"])).place(device)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(art.tensors))
     if missing:
         raise ValueError(f"artifact {path} lacks tensors: {', '.join(missing[:5])}")
     model.load_state_dict(dequantize_state_dict(art.tensors), strict=True)
-    return model.to(device)
+    return model
