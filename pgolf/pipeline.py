@@ -17,12 +17,13 @@ import torch
 import torch.distributed as dist
 
 from pgolf.artifact.export import export_model, load_exported
-from pgolf.config import RunConfig
+from pgolf.config import ConfigError, RunConfig
 from pgolf.data.build import build_embedded_dataset
 from pgolf.data.loader import TokenLoader
 from pgolf.data.shards import load_tokens
 from pgolf.data.tokenizer import ByteTable, byte_table, load_tokenizer
 from pgolf.eval.flat import evaluate, unigram_bpb
+from pgolf.eval.official import evaluate_official
 from pgolf.eval.scoring import Score
 from pgolf.model.gpt import GPT
 from pgolf.optim.optimizers import Optimizers
@@ -76,6 +77,7 @@ class _ValData:
 
     def __init__(self, cfg: RunConfig, env: DistEnv, device: torch.device, table: ByteTable, log: RunLog):
         self.cfg, self.env, self.device, self.table, self.log = cfg, env, device, table, log
+        self.batch_tokens = val_batch_per_rank(cfg, env.world_size)
         vocab = cfg.model.vocab_size
         self.tokens = torch.from_numpy(load_tokens(cfg.data.val_glob, vocab_size=vocab).astype(np.int64))
         self.bytes = (torch.from_numpy(load_tokens(cfg.data.val_bytes_glob).astype(np.int64))
@@ -84,9 +86,11 @@ class _ValData:
     def score(self, model: GPT, *, full: bool = True) -> Score:
         """Score ``model`` on the whole split (or the periodic capped subset when not ``full``)."""
         t = self.cfg.train
-        return evaluate(model, self.tokens, self.table, seq_len=t.seq_len, batch_tokens=t.val_batch_size,
-                        device=self.device, rank=self.env.rank, world_size=self.env.world_size,
-                        byte_counts=self.bytes, max_tokens=0 if full else t.val_max_tokens)
+        where = dict(seq_len=t.seq_len, batch_tokens=self.batch_tokens, device=self.device, rank=self.env.rank,
+                     world_size=self.env.world_size, max_tokens=0 if full else t.val_max_tokens)
+        if t.val_sum == "official":
+            return evaluate_official(model, self.tokens, self.table, **where)
+        return evaluate(model, self.tokens, self.table, byte_counts=self.bytes, **where)
 
     def validate(self, model: GPT, step: int, train_ms: float, full: bool) -> Score:
         """Score and log the official-style ``val_loss``/``val_bpb`` line and a metrics event."""
@@ -96,6 +100,18 @@ class _ValData:
         self.log.metric("val", step=step, val_loss=score.loss, val_bpb=score.bpb, tokens=score.tokens,
                         bytes=score.bytes, full=full)
         return score
+
+
+def val_batch_per_rank(cfg: RunConfig, world_size: int) -> int:
+    """Validation tokens per forward on one rank: ``val_batch_size // (world_size * grad_accum)``
+    (the official split; one rank never holds the whole global batch's logits)."""
+    t = cfg.train
+    per_rank = t.val_batch_size // (world_size * cfg.grad_accum_steps(world_size))
+    if per_rank < t.seq_len:
+        raise ConfigError(f"train.val_batch_size={t.val_batch_size} gives {per_rank} tokens per rank and micro-step "
+                          f"(world_size={world_size}, grad_accum={cfg.grad_accum_steps(world_size)}), less than one "
+                          f"sequence of train.seq_len={t.seq_len}; raise train.val_batch_size")
+    return per_rank
 
 
 def _qat_hook(cfg: RunConfig, model: GPT):
@@ -130,9 +146,10 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
     cfg.validate(tokenizer_vocab=int(sp.vocab_size()))
     val = _ValData(cfg, env, device, byte_table(sp, cfg.model.vocab_size), log)
     grad_accum = cfg.grad_accum_steps(env.world_size)
-    loader = TokenLoader(cfg.data.train_glob, rank=env.rank, world_size=env.world_size, seed=0)
+    loader = TokenLoader(cfg.data.train_glob, rank=env.rank, world_size=env.world_size, seed=0,
+                         order=cfg.data.token_order)
 
-    model = GPT(cfg.model).to(device=device, dtype=torch.float32)  # the official layout: fp32 weights
+    model = GPT(cfg.model).place(device)
     qat_on = cfg.quant.qat_start_frac >= 0
     if qat_on:
         enable_qat(model, cfg.quant, impl=t_cfg.kernels)
@@ -174,21 +191,22 @@ def _export_and_score(cfg: RunConfig, env: DistEnv, device: torch.device, model:
                       pre: Score, trained: LoopResult) -> dict[str, Any]:
     """Export on rank 0, reload into a fresh model on every rank, score it, write the report."""
     run_dir = Path(cfg.train.run_dir)
-    artifact = run_dir / "model.pgolf"
+    official = cfg.quant.scheme == "official_int8"
+    artifact = run_dir / ("final_model.int8.ptz" if official else "model.pgolf")
+    tag = "final_int8_zlib_roundtrip" if official else f"final_{cfg.quant.codec}_roundtrip"
     report = None
     if env.master:
         report = export_model(model, cfg.quant, artifact, allow_oversize=cfg.train.allow_oversize,
                               meta={"step": trained.step, "name": cfg.name})
-        log.line(f"Serialized model {cfg.quant.codec}: {report.bytes_model} bytes")
+        log.line(f"Serialized model {'int8+zlib' if official else cfg.quant.codec}: {report.bytes_model} bytes")
         log.line(f"Code size: {report.bytes_code} bytes")
         log.line(f"Total submission size: {report.bytes_total} bytes (cap 16000000)")
     if env.distributed:
         dist.barrier()
-    loaded = load_exported(artifact, device=device)
+    loaded = load_exported(artifact, device=device, official_cfg=cfg.model if official else None)
     t0 = time.perf_counter()
     post = val.score(loaded)
     eval_ms = 1000.0 * (time.perf_counter() - t0)
-    tag = f"final_{cfg.quant.codec}_roundtrip"
     log.line(f"{tag} val_loss:{post.loss:.4f} val_bpb:{post.bpb:.4f} eval_time:{eval_ms:.0f}ms")
     log.line(f"{tag}_exact val_loss:{post.loss:.8f} val_bpb:{post.bpb:.8f}")
     log.line(f"quant_gap val_bpb:{post.bpb - pre.bpb:+.6f} (pre-export {pre.bpb:.6f})")
