@@ -190,6 +190,8 @@ def test_muon_defaults_and_official_switches():
     opts = Optimizers(GPT(cfg.model).place("cpu"), cfg.optim, cfg.train)
     assert (opts.muon.per_matrix, opts.muon.ns_dtype, opts.muon.impl) == (True, torch.bfloat16, "torch")
     assert all(o.defaults["fused"] for o in opts.all if isinstance(o, torch.optim.Adam))
+    demo_opts = Optimizers(GPT(cfg.model).place("cpu"), load_config("demo").optim, cfg.train)
+    assert not any(o.defaults["fused"] for o in demo_opts.all if isinstance(o, torch.optim.Adam))
     demo = load_config("demo")
     assert (demo.optim.muon_per_matrix, demo.optim.muon_ns_dtype, demo.model.dtype_layout) == (False, "auto", "fp32")
     assert (demo.train.val_sum, demo.quant.scheme, demo.data.token_order) == ("exact", "pgolf", "per_step")
@@ -213,3 +215,44 @@ def test_muon_per_matrix_runs_the_official_loop(monkeypatch):
     calls.clear()
     _run_pgolf(init, grads[:1], lrs=LRS, moms=MOMS, impl="torch", ns_dtype=torch.bfloat16)
     assert calls == [(2, 192, 96), (2, 96, 96)]
+
+
+def test_official_eval_sum_drops_the_tail_and_splits_ranks_like_the_official(sp1024_path):
+    """Batch means times counts over whole sequences only (the tail is dropped), rank r scoring
+    sequences [n*r//W, n*(r+1)//W); the exact sum scores every target. Printed-number equality
+    with the official script is pinned by the golden run above."""
+    from pgolf.config import ModelConfig
+    from pgolf.data.tokenizer import byte_table, load_tokenizer
+    from pgolf.eval.flat import evaluate
+    from pgolf.eval.official import evaluate_official
+    from pgolf.model.gpt import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=1024, num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1)).place("cpu")
+    tokens = torch.randint(0, 1024, (7 * 16 + 5 + 1,), generator=torch.Generator().manual_seed(1))
+    table = byte_table(load_tokenizer(sp1024_path), 1024)
+    kw = dict(seq_len=16, batch_tokens=32, device=torch.device("cpu"))
+    whole = evaluate_official(model, tokens, table, **kw)
+    exact = evaluate(model, tokens, table, **kw)
+    assert (whole.tokens, exact.tokens) == (7 * 16, 7 * 16 + 5)
+    assert whole.loss == pytest.approx(exact.nll / exact.tokens, rel=0.05)
+    halves = [evaluate_official(model, tokens, table, rank=r, world_size=2, **kw) for r in range(2)]
+    assert [h.tokens for h in halves] == [3 * 16, 4 * 16]
+    assert sum(h.nll for h in halves) == pytest.approx(whole.nll, rel=1e-6)
+    with pytest.raises(ValueError, match="holds no sequence of 16; raise train.val_batch_size"):
+        evaluate_official(model, tokens, table, seq_len=16, batch_tokens=8, device=torch.device("cpu"))
+
+
+def test_validation_batch_per_rank_is_the_official_split():
+    """val_batch_size // (world_size * grad_accum) tokens per forward on each rank (at vocab 8192 the
+    whole 524,288-token batch on one rank is ~16 GiB of float32 logits)."""
+    from pgolf.config import ConfigError
+    from pgolf.pipeline import val_batch_per_rank
+
+    cfg = load_config("baseline")
+    assert [val_batch_per_rank(cfg, w) for w in (1, 2, 8)] == [65536, 65536, 65536]  # accum 8 // w
+    demo = load_config("demo", sets=["train.val_batch_size=16384", "train.micro_batch_tokens=2048"])
+    assert val_batch_per_rank(demo, 1) == 16384 // 4 and val_batch_per_rank(demo, 2) == 16384 // 4
+    small = load_config("demo", sets=["train.val_batch_size=256"])
+    with pytest.raises(ConfigError, match="train.val_batch_size=256 gives 128 tokens per rank"):
+        val_batch_per_rank(small, 2)

@@ -39,7 +39,7 @@ def _baseline() -> dict[str, Any]:
         "name": "baseline",
         "model": {"dtype_layout": "official"},
         "data": {"token_order": "official"},
-        "optim": {"muon_ns_dtype": "bfloat16", "muon_per_matrix": True, "adam_fused": True},
+        "optim": {"muon_ns_dtype": "bfloat16", "muon_per_matrix": True, "adam_fused": "always"},
         # kernels=torch: Newton-Schulz as torch matmuls (the official order of bf16 roundings),
         # not the Triton kernel, whose fp32 accumulator rounds once less.
         "train": {"global_micro_batches": 8, "val_sum": "official", "kernels": "torch"},

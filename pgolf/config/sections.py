@@ -75,8 +75,9 @@ class OptimConfig:
     # True: one Newton-Schulz call per matrix, like train_gpt.py's loop; False: same-shape matrices
     # stacked into one batched call (fewer launches; rounds differently in bf16).
     muon_per_matrix: bool = False
-    # Fused Adam on devices whose torch build has the fused kernel (CUDA, CPU), as train_gpt.py.
-    adam_fused: bool = True
+    # Fused Adam: "cuda" (on CUDA only; CPU runs keep torch's default foreach kernels), "always"
+    # (wherever the torch build has the fused kernel, CPU included: train_gpt.py's fused=True), "never".
+    adam_fused: str = "cuda"
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8

@@ -16,6 +16,7 @@ SCHEMES = ("pgolf", "official_int8")
 DTYPE_LAYOUTS = ("fp32", "official")
 TOKEN_ORDERS = ("per_step", "official")
 NS_DTYPES = ("auto", "bfloat16", "float32")
+ADAM_FUSED = ("cuda", "always", "never")
 VAL_SUMS = ("exact", "official")
 
 
@@ -74,6 +75,7 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
                                 ("model.dtype_layout", m.dtype_layout, DTYPE_LAYOUTS),
                                 ("data.token_order", cfg.data.token_order, TOKEN_ORDERS),
                                 ("optim.muon_ns_dtype", o.muon_ns_dtype, NS_DTYPES),
+                                ("optim.adam_fused", o.adam_fused, ADAM_FUSED),
                                 ("train.val_sum", t.val_sum, VAL_SUMS)):
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")

@@ -16,11 +16,13 @@ from pgolf.optim.schedule import lr_multiplier, muon_momentum
 NS_DTYPES: dict[str, torch.dtype | None] = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def fused_adam_supported(device: torch.device) -> bool:
-    """Whether this torch build has fused Adam kernels for ``device``'s type (CUDA, and the CPU
-    since torch 2.4)."""
+def use_fused_adam(setting: str, device: torch.device) -> bool:
+    """``optim.adam_fused`` on ``device``: ``"cuda"`` fuses on CUDA only, ``"always"`` wherever this
+    torch build has fused Adam kernels (CUDA, and the CPU since torch 2.4), ``"never"`` nowhere."""
     from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-    return device.type in _get_fused_kernels_supported_devices()
+    if setting == "always":
+        return device.type in _get_fused_kernels_supported_devices()
+    return setting == "cuda" and device.type == "cuda"
 
 
 def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -42,7 +44,7 @@ class Optimizers:
         """Build the official split of ``model``'s parameters (:func:`parameter_groups`)."""
         self.ocfg, self.tcfg = ocfg, tcfg
         groups = parameter_groups(model)
-        fused = {"fused": True} if ocfg.adam_fused and fused_adam_supported(model.tok_emb.weight.device) else {}
+        fused = {"fused": True} if use_fused_adam(ocfg.adam_fused, model.tok_emb.weight.device) else {}
         adam = dict(betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.adam_eps, **fused)
         token_lr = ocfg.tied_embed_lr if model.cfg.tie_embeddings else ocfg.embed_lr
         self.adam_embed = torch.optim.Adam([{"params": groups["embed"], "lr": token_lr, "base_lr": token_lr}], **adam)
