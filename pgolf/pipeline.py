@@ -36,6 +36,7 @@ from pgolf.data.shards import load_tokens
 from pgolf.data.tokenizer import ByteTable, byte_table, load_tokenizer
 from pgolf.eval.flat import evaluate, unigram_bpb
 from pgolf.eval.modes import evaluate_modes, result_lines
+from pgolf.eval.official import evaluate_official
 from pgolf.eval.scoring import Score
 from pgolf.model.gpt import GPT
 from pgolf.optim.optimizers import Optimizers
@@ -100,6 +101,7 @@ class _ValData:
     def __init__(self, cfg: RunConfig, env: DistEnv, device: torch.device, table: ByteTable, tokenizer_vocab: int):
         self.cfg, self.env, self.device, self.table = cfg, env, device, table
         self.log: RunLog | None = None
+        self.batch_tokens = val_batch_per_rank(cfg, env.world_size)
         self.tokens = torch.from_numpy(load_tokens(cfg.data.val_glob, vocab_size=tokenizer_vocab).astype(np.int64))
         check_val_size(len(self.tokens), cfg.train.seq_len, cfg.data.val_glob)
         self.bytes = (torch.from_numpy(load_tokens(cfg.data.val_bytes_glob).astype(np.int64))
@@ -108,9 +110,11 @@ class _ValData:
     def score(self, model: GPT, *, full: bool = True) -> Score:
         """Score ``model`` on the whole split (or the periodic capped subset when not ``full``)."""
         t = self.cfg.train
-        return evaluate(model, self.tokens, self.table, seq_len=t.seq_len, batch_tokens=t.val_batch_size,
-                        device=self.device, rank=self.env.rank, world_size=self.env.world_size,
-                        byte_counts=self.bytes, max_tokens=0 if full else t.val_max_tokens)
+        where = dict(seq_len=t.seq_len, batch_tokens=self.batch_tokens, device=self.device, rank=self.env.rank,
+                     world_size=self.env.world_size, max_tokens=0 if full else t.val_max_tokens)
+        if t.val_sum == "official":
+            return evaluate_official(model, self.tokens, self.table, **where)
+        return evaluate(model, self.tokens, self.table, byte_counts=self.bytes, **where)
 
     def validate(self, model: GPT, step: int, train_ms: float, full: bool) -> Score:
         """Score and log the official-style ``val_loss``/``val_bpb`` line and a metrics event."""
@@ -160,7 +164,8 @@ def preflight(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: boo
     notes = [f"data: {s.pattern} read unverified (no manifest; data.verify_manifest=false)"
              for s in (train_set, val_set) if not s.verified]
     val = _ValData(cfg, env, device, byte_table(sp, cfg.model.vocab_size), vocab)
-    loader = TokenLoader(d.train_glob, rank=env.rank, world_size=env.world_size, seed=0, vocab_size=vocab)
+    loader = TokenLoader(d.train_glob, rank=env.rank, world_size=env.world_size, seed=0, vocab_size=vocab,
+                         order=d.token_order)
     if loader.total < t.seq_len + 1:
         raise DataError(f"the training split {d.train_glob!r} holds {loader.total} tokens, less than one sequence "
                         f"of train.seq_len={t.seq_len}; give it more documents")
@@ -184,6 +189,18 @@ def preflight(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: boo
                               "start over with --overwrite instead")
         check_tokenizer(state.get("identity", {}).get("tokenizer"), tok, what=f"checkpoint {ckpt}")
     return Preflight(tok, identity, val, loader, grad_accum, state, notes)
+
+
+def val_batch_per_rank(cfg: RunConfig, world_size: int) -> int:
+    """Validation tokens per forward on one rank: ``val_batch_size // (world_size * grad_accum)``
+    (the official split; one rank never holds the whole global batch's logits)."""
+    t = cfg.train
+    per_rank = t.val_batch_size // (world_size * cfg.grad_accum_steps(world_size))
+    if per_rank < t.seq_len:
+        raise ConfigError(f"train.val_batch_size={t.val_batch_size} gives {per_rank} tokens per rank and micro-step "
+                          f"(world_size={world_size}, grad_accum={cfg.grad_accum_steps(world_size)}), less than one "
+                          f"sequence of train.seq_len={t.seq_len}; raise train.val_batch_size")
+    return per_rank
 
 
 def _qat_hook(cfg: RunConfig, t: TrainConfig, model: GPT):
@@ -261,7 +278,7 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, log: RunLog, pre:
     val, loader, grad_accum = pre.val, pre.loader, pre.grad_accum
     val.log = log
 
-    model = GPT(cfg.model).to(device=device, dtype=torch.float32)  # the official layout: fp32 weights
+    model = GPT(cfg.model).place(device)  # fp32 weights, or the official dtype layout
     t_cfg = _reserve_calibration_time(cfg, model, loader, device, log)
     qat_on = cfg.quant.qat_start_frac >= 0
     if qat_on:
@@ -337,7 +354,9 @@ def _export_and_score(cfg: RunConfig, env: DistEnv, device: torch.device, model:
     """Calibrate (GPTQ) and export on rank 0, reload into a fresh model on every rank, score it, write
     the report."""
     run_dir = Path(cfg.train.run_dir)
-    artifact = run_dir / "model.pgolf"
+    official = cfg.quant.scheme == "official_int8"
+    artifact = run_dir / ("final_model.int8.ptz" if official else "model.pgolf")
+    tag = "final_int8_zlib_roundtrip" if official else f"final_{cfg.quant.codec}_roundtrip"
     report, calib_ms = None, 0.0
     if env.master:
         t0 = time.perf_counter()
@@ -353,19 +372,22 @@ def _export_and_score(cfg: RunConfig, env: DistEnv, device: torch.device, model:
                      f"{len(fallbacks)} by round-to-nearest{': ' + '; '.join(f'{n}: {m}' for n, m in fallbacks.items()) if fallbacks else ''}")
             log.line(f"train_plus_calibration:{trained.train_ms + calib_ms:.0f}ms (training {trained.train_ms:.0f}ms, "
                      f"calibration + GPTQ {calib_ms:.0f}ms, cap {1000 * cfg.train.max_wallclock_seconds:.0f}ms)")
-        log.line(f"Serialized model {cfg.quant.codec}: {report.bytes_model} bytes")
+        log.line(f"Serialized model {'int8+zlib' if official else cfg.quant.codec}: {report.bytes_model} bytes")
         log.line(f"Code size: {report.bytes_code} bytes")
         log.line(f"Total submission size: {report.bytes_total} bytes (cap 16000000)")
     if env.distributed:
         dist.barrier()
     t0 = time.perf_counter()
-    loaded = load_exported(artifact, device=device)
+    loaded = load_exported(artifact, device=device, official_cfg=cfg.model if official else None)
     load_s = time.perf_counter() - t0
     modes = evaluate_modes(loaded, val.tokens, val.table, cfg, device=device, byte_counts=val.bytes,
                            rank=env.rank, world_size=env.world_size)
     first = modes[cfg.eval_modes()[0]]
     post, eval_ms = first.score, 1000.0 * sum(first.seconds.values())
-    tag = f"final_{cfg.quant.codec}_roundtrip"
+    if cfg.train.val_sum == "official":  # the headline as train_gpt.py sums it (the per-mode lines stay exact)
+        t0 = time.perf_counter()
+        post = val.score(loaded)
+        eval_ms = 1000.0 * (time.perf_counter() - t0)
     log.line(f"{tag} val_loss:{post.loss:.4f} val_bpb:{post.bpb:.4f} eval_time:{eval_ms:.0f}ms")
     log.line(f"{tag}_exact val_loss:{post.loss:.8f} val_bpb:{post.bpb:.8f}")
     for line in result_lines(modes, tag, load_s):

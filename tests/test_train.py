@@ -322,3 +322,58 @@ def test_record_tiny_trains_and_its_loss_goes_down(tiny_data, tmp_path):
     log = (tmp_path / "train.log").read_text()
     assert "ema: the averaged weights" in log
     assert result["val_bpb"] < result["unigram_bpb"] + 1.0
+
+
+def test_gradient_accumulation_uses_every_micro_batch(tiny_data, tmp_path):
+    """The same 8 sequences per step as one micro-batch or as 4 (the per_step token order deals
+    the same sequences either way): the loss curves agree to float rounding. Stepping on the
+    first micro-batch alone, or dropping the 1/accum scale, moves them far beyond that."""
+    losses = {}
+    for accum in (1, 4):
+        run_dir = tmp_path / str(accum)
+        cfg = load_config("demo", sets=tiny_sets(tiny_data, run_dir, **{
+            "train.iterations": 4, "train.micro_batch_tokens": 256 // accum, "train.checkpoint_every": 0,
+            "train.val_loss_every": 0}))
+        run_training(cfg, echo=False)
+        assert f"grad_accum_steps:{accum}" in (run_dir / "train.log").read_text()
+        losses[accum] = train_losses(run_dir)
+    assert losses[4] == pytest.approx(losses[1], rel=2e-6)
+    assert losses[4][-1] < losses[4][0]
+
+
+def test_resume_under_a_wallclock_cap_is_exact(tiny_data, tmp_path, monkeypatch):
+    """A capped run interrupted after its step-6 checkpoint and resumed: the restored training time
+    drives the time-based warm-down and the cap, so the resumed run takes the same steps with the
+    same learning rates and stops at the same step. Time is a fake clock that advances 1 s per
+    training step (validation and checkpoints take no time), restarted at an unrelated value for
+    the resumed process."""
+    from types import SimpleNamespace
+
+    from pgolf.train import loop as loop_mod
+
+    clock = {"now": 0.0, "steps": 0, "fail_at": None}
+    monkeypatch.setattr(loop_mod, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
+    real_step = loop_mod.Trainer.train_step
+
+    def timed_step(self, step):
+        clock["steps"] += 1
+        if clock["steps"] == clock["fail_at"]:
+            raise KeyboardInterrupt
+        clock["now"] += 1.0
+        return real_step(self, step)
+
+    monkeypatch.setattr(loop_mod.Trainer, "train_step", timed_step)
+    capped = {"train.iterations": 100, "train.max_wallclock_seconds": 8, "train.warmdown_iters": 4,
+              "train.checkpoint_every": 3, "train.val_loss_every": 0}
+    full = run_training(load_config("demo", sets=tiny_sets(tiny_data, tmp_path / "full", **capped)), echo=False)
+    assert (full["stop_reason"], full["steps"]) == ("wallclock_cap", 8)
+
+    part = load_config("demo", sets=tiny_sets(tiny_data, tmp_path / "part", **capped))
+    clock.update(now=0.0, steps=0, fail_at=7)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(part, echo=False)
+    assert load_checkpoint(tmp_path / "part" / "checkpoint.pt")["step"] == 6
+    clock.update(now=5000.0, steps=0, fail_at=None)
+    resumed = run_training(part, resume=True, echo=False)
+    assert (resumed["stop_reason"], resumed["steps"], resumed["train_time_ms"]) == ("wallclock_cap", 8, 8000)
+    assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from pgolf.artifact.format import ArtifactError, load_artifact, save_artifact
+from pgolf.artifact.official_int8 import load_official_int8, save_official_int8
 from pgolf.config import ModelConfig, QuantConfig
 from pgolf.model.gpt import GPT
 from pgolf.model.roles import parameter_roles
@@ -65,6 +66,9 @@ def export_model(model: GPT, qcfg: QuantConfig, path: str | Path, *, allow_overs
     """Quantise ``model`` per ``qcfg`` (GPTQ for the matrices in ``hessians``), write the artifact,
     and account its size.
 
+    ``qcfg.scheme="official_int8"`` writes the official ``final_model.int8.ptz`` bytes instead
+    (:mod:`pgolf.artifact.official_int8`; no model config inside, ``meta`` unused).
+
     Raises :class:`OversizeError` when over the cap unless ``allow_oversize``; the file is kept
     either way so the work is not lost. Weights holding NaN or inf raise ``ValueError`` before
     anything is written (they would quantise to finite garbage).
@@ -74,9 +78,12 @@ def export_model(model: GPT, qcfg: QuantConfig, path: str | Path, *, allow_overs
     if bad:
         raise ValueError(f"not exporting {path}: the weights {', '.join(bad[:4])} hold NaN or inf")
     methods: dict[str, str] = {}
-    entries = quantize_state_dict(state, qcfg, parameter_roles(model), hessians=hessians, report=methods)
-    config = {"model": model.cfg.__dict__, "quant": qcfg.__dict__}
-    save_artifact(path, config=config, tensors=entries, codec=qcfg.codec, meta=meta or {})
+    if qcfg.scheme == "official_int8":
+        save_official_int8(path, state, parameter_roles(model))
+    else:
+        entries = quantize_state_dict(state, qcfg, parameter_roles(model), hessians=hessians, report=methods)
+        config = {"model": model.cfg.__dict__, "quant": qcfg.__dict__}
+        save_artifact(path, config=config, tensors=entries, codec=qcfg.codec, meta=meta or {})
     report = ExportReport(Path(path), Path(path).stat().st_size, code_bytes(), methods)
     if not report.fits and not allow_oversize:
         raise OversizeError(
@@ -85,8 +92,15 @@ def export_model(model: GPT, qcfg: QuantConfig, path: str | Path, *, allow_overs
     return report
 
 
-def load_exported(path: str | Path, *, device: torch.device | str = "cpu") -> GPT:
-    """Rebuild a fresh model from an artifact (config and weights both come from the file)."""
+def load_exported(path: str | Path, *, device: torch.device | str = "cpu", official_cfg: ModelConfig | None = None
+                  ) -> GPT:
+    """Rebuild a fresh model from an artifact (config and weights both come from the file), or,
+    with ``official_cfg``, from an official int8 file (which holds weights only), the way the
+    official script reloads it: into a model of that config and its dtype layout."""
+    if official_cfg is not None:
+        model = GPT(official_cfg).place(device)
+        model.load_state_dict(load_official_int8(path), strict=True)
+        return model
     return load_exported_with_meta(path, device=device)[0]
 
 
@@ -96,7 +110,7 @@ def load_exported_with_meta(path: str | Path, *, device: torch.device | str = "c
     from, or tensors that do not fit it, raise :class:`~pgolf.artifact.format.ArtifactError`
     naming the key or tensor (model keys missing from the config take their defaults)."""
     art = load_artifact(path)
-    model = GPT(_model_config(art.config, path))
+    model = GPT(_model_config(art.config, path)).place(device)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(art.tensors))
     if missing:
@@ -107,7 +121,7 @@ def load_exported_with_meta(path: str | Path, *, device: torch.device | str = "c
     except RuntimeError as e:
         first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
         raise ArtifactError(f"artifact {path}: its tensors do not fit the model its config describes ({first})") from None
-    return model.to(device), art.meta
+    return model, art.meta
 
 
 def _model_config(config: dict[str, Any], path: str | Path) -> ModelConfig:

@@ -68,8 +68,15 @@ class RunConfig:
         return self.eval.window or self.train.seq_len
 
     def grad_accum_steps(self, world_size: int) -> int:
-        """Micro-steps per optimiser step so the global batch does not depend on world size."""
+        """Micro-steps per optimiser step on each rank, so the global batch does not depend on the
+        world size: ``global_micro_batches / world_size`` when that is set (train_gpt.py's
+        ``8 // world_size``), else the fewest that keep micro-batches within ``micro_batch_tokens``."""
         t = self.train
+        if t.global_micro_batches:
+            if t.global_micro_batches % world_size:
+                raise ConfigError(f"world_size={world_size} must divide train.global_micro_batches="
+                                  f"{t.global_micro_batches} (train_gpt.py: WORLD_SIZE must divide 8)")
+            return t.global_micro_batches // world_size
         per_rank = t.train_batch_tokens // world_size
         if t.train_batch_tokens % world_size or per_rank % t.seq_len:
             raise ConfigError(

@@ -42,14 +42,19 @@ class ModelConfig:
     doc_attention: bool = False  # attention never crosses a BOS (B.13)
     max_segment: int = 0  # with doc_attention: segments of at most this many tokens per document; 0 = none
     bos_id: int = 1
+    # Parameter dtypes: "fp32" keeps every parameter and buffer in float32 (pgolf); "official"
+    # reproduces train_gpt.py's `.bfloat16()` + restore: the token embedding (tied: also the head)
+    # and every RoPE `inv_freq` buffer stay bf16, so RoPE positions are computed in bf16 (integers
+    # above 256 round to even), and on a CPU the whole forward runs in bf16 from the embedding on.
+    dtype_layout: str = "fp32"
 
 
 @dataclass
 class DataConfig:
     """Where tokens come from. Globs follow the official shard naming."""
 
-    train_glob: str = "data/fineweb10B_sp1024/fineweb_train_*.bin"
-    val_glob: str = "data/fineweb10B_sp1024/fineweb_val_*.bin"
+    train_glob: str = "data/datasets/fineweb10B_sp1024/fineweb_train_*.bin"
+    val_glob: str = "data/datasets/fineweb10B_sp1024/fineweb_val_*.bin"
     tokenizer: str = "data/tokenizers/fineweb_1024_bpe.model"
     # Optional per-token byte counts for the validation stream (same length as the val tokens),
     # for tokenizers that transform text; when set it replaces the SentencePiece byte table.
@@ -61,6 +66,11 @@ class DataConfig:
     # Require every shard folder to hold a pgolf manifest made with data.tokenizer (see
     # pgolf.data.identity); false reads folders without one (official downloads) unverified.
     verify_manifest: bool = True
+    # Which tokens a micro-batch gets (pgolf.data.loader): "per_step" (step s reads one chunk of
+    # train_batch_tokens + 1 tokens and deals its sequences to ranks and micro-steps, so a step's
+    # tokens do not depend on the world size) or "official" (train_gpt.py: every micro-step takes the
+    # next world_size spans of local_tokens + 1 tokens from the stream, one per rank).
+    token_order: str = "per_step"
 
 
 @dataclass
@@ -81,6 +91,15 @@ class OptimConfig:
     ns_schedule: str = "quintic"
     muon_weight_decay: float = 0.0
     muon_row_norm: bool = False
+    # Newton-Schulz dtype: "auto" (bf16 on CUDA as train_gpt.py, the gradient's dtype elsewhere),
+    # "bfloat16" or "float32".
+    muon_ns_dtype: str = "auto"
+    # True: one Newton-Schulz call per matrix, like train_gpt.py's loop; False: same-shape matrices
+    # stacked into one batched call (fewer launches; rounds differently in bf16).
+    muon_per_matrix: bool = False
+    # Fused Adam: "cuda" (on CUDA only; CPU runs keep torch's default foreach kernels), "always"
+    # (wherever the torch build has the fused kernel, CPU included: train_gpt.py's fused=True), "never".
+    adam_fused: str = "cuda"
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8
@@ -111,6 +130,10 @@ class TrainConfig:
     # Largest number of tokens one rank processes per micro-step; gradient accumulation
     # steps = train_batch_tokens / (world_size * micro_batch_tokens).
     micro_batch_tokens: int = 65_536
+    # > 0: micro-batches per optimiser step over all ranks, each rank running
+    # global_micro_batches / world_size of them (train_gpt.py: 8, so grad_accum_steps = 8 // world_size
+    # whatever train_batch_tokens is); 0: derive the accumulation from micro_batch_tokens.
+    global_micro_batches: int = 0
     # Steps run (and then undone) to warm up torch.compile; they never see validation tokens.
     warmup_steps: int = 20
     warmdown_iters: int = 1200
@@ -125,6 +148,10 @@ class TrainConfig:
     # Cap on validation tokens for periodic validation (0 = the full split). The final
     # score always uses the full split.
     val_max_tokens: int = 0
+    # How the validation score is summed (pgolf.eval): "exact" (per-token NLL summed in float64,
+    # every target scored, the short tail window included) or "official" (train_gpt.py: batch-mean
+    # losses times token counts, the tail that does not fill a sequence dropped).
+    val_sum: str = "exact"
     train_log_every: int = 200
     compile: bool = False
     # Which implementation the accelerated ops use (Muon's Newton-Schulz, QAT's fake-quant
@@ -144,6 +171,10 @@ class QuantConfig:
     e.g. ``"mlp=5,attn=6,tok_emb=8"``; tensors matching nothing use ``bits``.
     """
 
+    # "pgolf": the per-row quantiser below and the pgolf artifact format; "official_int8":
+    # train_gpt.py's int8 export byte for byte (torch.save + zlib level 9, final_model.int8.ptz);
+    # bits, policy, scale_rule, codec and QAT do not apply to it.
+    scheme: str = "pgolf"
     bits: int = 8
     policy: str = ""
     scale_rule: str = "percentile"  # maxabs | percentile | sigma

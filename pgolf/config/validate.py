@@ -18,6 +18,14 @@ from triton_kernels.newton_schulz import ns_coefficients
 QUANT_METHODS = ("rtn", "gptq")
 
 
+SCHEMES = ("pgolf", "official_int8")
+DTYPE_LAYOUTS = ("fp32", "official")
+TOKEN_ORDERS = ("per_step", "official")
+NS_DTYPES = ("auto", "bfloat16", "float32")
+ADAM_FUSED = ("cuda", "always", "never")
+VAL_SUMS = ("exact", "official")
+
+
 def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
     """Reject impossible values of a :class:`pgolf.config.RunConfig` with a :class:`ConfigError`
     naming the key; ``tokenizer_vocab`` (when known) must fit in ``model.vocab_size``."""
@@ -45,7 +53,7 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
         "train.val_max_tokens": t.val_max_tokens, "train.train_log_every": t.train_log_every,
         "train.checkpoint_every": t.checkpoint_every, "optim.muon_weight_decay": o.muon_weight_decay,
         "optim.grad_clip_norm": o.grad_clip_norm, "optim.muon_momentum_warmup_steps": o.muon_momentum_warmup_steps,
-        "quant.keep_float_max_numel": q.keep_float_max_numel,
+        "quant.keep_float_max_numel": q.keep_float_max_numel, "train.global_micro_batches": t.global_micro_batches,
     }
     for key, v in non_negative.items():
         if v < 0:
@@ -75,7 +83,12 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
         raise ConfigError(f"quant.bits must be in 2..8, got {q.bits}")
     for key, value, allowed in (("quant.scale_rule", q.scale_rule, RULES), ("quant.codec", q.codec, COMPRESSORS),
                                 ("quant.qat_surrogate", q.qat_surrogate, SURROGATES),
-                                ("train.kernels", t.kernels, IMPLS)):
+                                ("train.kernels", t.kernels, IMPLS), ("quant.scheme", q.scheme, SCHEMES),
+                                ("model.dtype_layout", m.dtype_layout, DTYPE_LAYOUTS),
+                                ("data.token_order", cfg.data.token_order, TOKEN_ORDERS),
+                                ("optim.muon_ns_dtype", o.muon_ns_dtype, NS_DTYPES),
+                                ("optim.adam_fused", o.adam_fused, ADAM_FUSED),
+                                ("train.val_sum", t.val_sum, VAL_SUMS)):
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
     if not 0.0 < q.clip_percentile <= 100.0:
@@ -85,6 +98,13 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
             raise ConfigError(f"quant.{key} must be > 0, got {getattr(q, key)}")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device):
         raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {t.device!r}")
+    if t.global_micro_batches and t.train_batch_tokens % (t.global_micro_batches * t.seq_len):
+        raise ConfigError(f"train.train_batch_tokens={t.train_batch_tokens} must split into "
+                          f"train.global_micro_batches={t.global_micro_batches} micro-batches of whole "
+                          f"sequences of train.seq_len={t.seq_len}")
+    if q.scheme == "official_int8" and q.qat_start_frac >= 0:
+        raise ConfigError("quant.qat_start_frac trains against pgolf's quantiser, but quant.scheme=official_int8 "
+                          "exports with train_gpt.py's; set quant.scheme=pgolf for QAT")
     if q.qat_start_frac >= 1.0:
         raise ConfigError(f"quant.qat_start_frac must be < 1 (negative disables QAT), got {q.qat_start_frac}")
     parse_policy(q.policy)

@@ -14,6 +14,13 @@ on ``W`` or ``A``, and a resumed run sees exactly the tokens it would have. Only
 batch needs are read (``os.pread`` on files held open, not memory maps: a shard truncated
 under a running job then gives a :class:`LoaderError` naming it instead of a bus error), and
 with ``vocab_size`` every batch is checked to hold only ids below it.
+
+``order="official"`` serves the tokens of the official ``train_gpt.py`` instead: with
+``L = G / (W*A)`` tokens per micro-batch, every micro-step (``k = s*A + m`` in the whole run)
+takes the next ``W`` spans of ``L + 1`` tokens from the stream, one per rank, so rank ``r`` gets
+``S[(k*W + r)*(L+1) : (k*W + r + 1)*(L+1)]`` (inputs its first ``L``, targets its last ``L``
+tokens) and one token per span is never a target. The tokens then depend on ``W`` and ``A``; a
+resumed run still sees exactly the tokens it would have (the position is a function of ``s``).
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pgolf.config.validate import TOKEN_ORDERS
 from pgolf.data.shards import HEADER_BYTES, shard_files, shard_token_count
 
 
@@ -39,9 +47,12 @@ class TokenLoader:
     """Serves ``(x, y)`` micro-batches of the shards matching ``pattern`` (see module doc)."""
 
     def __init__(self, pattern: str, *, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 vocab_size: int | None = None):
+                 vocab_size: int | None = None, order: str = "per_step"):
         if not 0 <= rank < world_size:
             raise LoaderError(f"rank {rank} is outside 0..{world_size - 1}")
+        if order not in TOKEN_ORDERS:
+            raise LoaderError(f"order must be one of {', '.join(TOKEN_ORDERS)}, got {order!r}")
+        self.order = order
         files = shard_files(pattern)
         if seed != 0:
             files = sorted(files, key=lambda f: _order_key(seed, f.name))
@@ -94,8 +105,12 @@ class TokenLoader:
             raise LoaderError(f"global_tokens {global_tokens} must split into whole sequences of {seq_len} "
                               f"over world_size {self.world_size} x grad_accum_steps {grad_accum_steps}")
         n = global_tokens // (parts * seq_len)
-        first = (self.rank * grad_accum_steps + micro_step) * n
-        span = self._read(step * global_tokens + first * seq_len, n * seq_len + 1)
+        if self.order == "official":
+            k = step * grad_accum_steps + micro_step
+            span = self._read((k * self.world_size + self.rank) * (n * seq_len + 1), n * seq_len + 1)
+        else:
+            first = (self.rank * grad_accum_steps + micro_step) * n
+            span = self._read(step * global_tokens + first * seq_len, n * seq_len + 1)
         x = torch.from_numpy(span[:-1]).view(n, seq_len)
         y = torch.from_numpy(span[1:].copy()).view(n, seq_len)
         return x, y
@@ -103,7 +118,7 @@ class TokenLoader:
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run must match: the seed and the fingerprint of the ordered shard list
         (the position itself is the step, which the checkpoint holds)."""
-        return {"seed": self.seed, "fingerprint": self.fingerprint,
+        return {"seed": self.seed, "order": self.order, "fingerprint": self.fingerprint,
                 "num_shards": len(self.files), "total_tokens": self.total}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -111,6 +126,9 @@ class TokenLoader:
         shards differ."""
         if state["seed"] != self.seed:
             raise LoaderError(f"loader state has seed {state['seed']}, this loader has seed {self.seed}")
+        if state.get("order", "per_step") != self.order:
+            raise LoaderError(f"loader state has token order {state.get('order', 'per_step')!r}, this loader has "
+                              f"{self.order!r} (data.token_order); resume with the order the run started with")
         if state["fingerprint"] != self.fingerprint:
             raise LoaderError(
                 f"loader state is for a different shard list ({state['num_shards']} shards, "

@@ -29,7 +29,9 @@ from pgolf.model.layers import CastedLinear, rms_norm
 class Rotary(nn.Module):
     """Rotary position embedding tables for one head dimension.
 
-    ``cos``/``sin`` of ``t * inv_freq`` (``[1, 1, T, head_dim/2]``) are computed at every call: a
+    ``cos``/``sin`` of ``t * inv_freq`` (``[1, 1, T, head_dim/2]``), with the positions ``t`` and the
+    product in ``inv_freq``'s dtype: float32, or bf16 under ``ModelConfig.dtype_layout="official"``
+    (as train_gpt.py, where positions above 256 round to even). They are computed at every call: a
     ``T x head_dim/2`` outer product, negligible next to attention, and nothing cached on the
     module -- a Python-side cache makes ``torch.compile`` guard on it and recompile the whole model
     once it is filled (a full recompile inside the timed training steps).
@@ -41,7 +43,7 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.arange(seq_len, device=device, dtype=torch.float32)
+        t = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
         freqs = torch.outer(t, self.inv_freq.to(device))  # [T, head_dim/2]
         return freqs.cos()[None, None].to(dtype), freqs.sin()[None, None].to(dtype)
 

@@ -15,6 +15,11 @@ Architecture (``ModelConfig`` defaults = the official baseline, 17,059,912 param
 - logits = ``softcap * tanh(h @ E^T / softcap)`` with ``E`` the tied embedding
   (init std ``tied_embed_init_std``) or an untied ``lm_head``.
 
+Dtypes (:meth:`GPT.place`): every parameter float32 (``dtype_layout="fp32"``), or the official
+script's layout (``"official"``): its ``.bfloat16()`` followed by restoring the linear layers and the
+control parameters to float32 leaves the token embedding and the RoPE ``inv_freq`` buffers in bf16,
+and every initial weight rounded to bf16 (the restored float32 ones included).
+
 Parameter names equal those of the official ``train_gpt.py``, so its state dicts load directly.
 
 The record stack's features (RECORD_STACK.md section B) are ``ModelConfig`` options, each off by
@@ -106,6 +111,17 @@ class GPT(nn.Module):
         if self.skip_gates is None:
             return x + scaled
         return torch.lerp(scaled, x, torch.sigmoid(self.skip_gates[j].to(x.dtype)))
+
+    def place(self, device: torch.device | str) -> "GPT":
+        """Move to ``device`` with the parameter dtypes of ``cfg.dtype_layout`` (module docstring);
+        returns ``self``."""
+        self.to(device=device, dtype=torch.float32)
+        if self.cfg.dtype_layout == "official":
+            for p in self.parameters():
+                p.data = p.data.bfloat16() if p is self.tok_emb.weight else p.data.bfloat16().float()
+            for block in self.blocks:
+                block.attn.rotary.inv_freq = block.attn.rotary.inv_freq.bfloat16()
+        return self
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Final RMS-normalised hidden states ``[B, T, model_dim]`` (before the output head)."""

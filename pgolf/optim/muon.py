@@ -22,17 +22,22 @@ row of the (Nesterov) momentum matrix -- the weights into one output unit -- is 
 norm, so every output unit gets the same share of the update's spectrum. The Frobenius
 normalisation inside Newton-Schulz follows as usual.
 
-Precision: Newton-Schulz runs in ``ns_dtype``; by default bf16 on CUDA (what the official code does:
-``G.bfloat16()``) and the gradient's dtype elsewhere, so CPU runs and tests are deterministic and
+Precision: Newton-Schulz runs in ``ns_dtype``; by default (:func:`default_ns_dtype`) bf16 on CUDA (what
+the official code does: ``G.bfloat16()``) and the gradient's dtype elsewhere, so CPU runs and tests are deterministic and
 run under the Triton interpreter (whose bf16 ``tl.dot`` is unusable). The orthogonalised update is
 kept in ``ns_dtype`` (the official code all-reduces a bf16 buffer) and added to the parameter in its
 own dtype. Momentum buffers have the gradient's dtype.
+
+Batching: same-shape matrices are stacked into one batched Newton-Schulz call (a "bank"); with
+``per_matrix=True`` every matrix gets its own 2-D call, as in the official loop, which in bf16 rounds
+differently from a batched call (e.g. for tall ``mlp.fc`` matrices).
 
 Distributed (``torch.distributed`` initialised; gradients already identical on every rank, e.g.
 after DDP's all-reduce): every rank updates all momentum buffers (cheap, elementwise, and it keeps
 the full optimizer state on every rank for checkpoints); the Newton-Schulz work is split: each bank's
 stack is cut along its batch dimension into ``world_size`` contiguous chunks of ``ceil(B/world)``
-matrices, rank ``r`` orthogonalises chunk ``r``, and one ``all_gather`` of all chunks of all banks
+matrices, rank ``r`` orthogonalises chunk ``r`` (``per_matrix``: matrix ``j`` of the step goes to rank
+``j mod world_size``, the official assignment), and one ``all_gather`` of all chunks of all banks
 (one flat buffer per rank) gives every rank every update. Every rank then applies identical updates;
 the result equals single-process Muon up to floating-point differences between batched matmuls of
 different batch sizes (tests/test_muon.py runs 2 gloo processes against 1 and allows 1e-6).
@@ -54,6 +59,12 @@ from triton_kernels.newton_schulz import Schedule, newton_schulz, ns_coefficient
 ROW_NORM_EPS = 1e-7
 
 
+def default_ns_dtype(device: torch.device, grad_dtype: torch.dtype) -> torch.dtype:
+    """Newton-Schulz dtype when none is asked for: bf16 on CUDA (the official ``G.bfloat16()``),
+    the gradient's dtype elsewhere (CPU runs deterministic in fp32)."""
+    return torch.bfloat16 if device.type == "cuda" else grad_dtype
+
+
 class Muon(torch.optim.Optimizer):
     """MomentUm Orthogonalized by Newton-Schulz for 2-D parameters (see the module docstring).
 
@@ -68,13 +79,14 @@ class Muon(torch.optim.Optimizer):
         weight_decay: decoupled weight decay, scaled by lr: ``W *= 1 - lr * weight_decay``.
         row_norm: normalise each row of the momentum matrix to unit L2 norm before Newton-Schulz.
         impl: ``newton_schulz`` dispatch: ``"auto"``, ``"triton"`` or ``"torch"``.
-        ns_dtype: dtype of the Newton-Schulz computation; ``None`` = bf16 on CUDA, else the grad's.
+        ns_dtype: dtype of the Newton-Schulz computation; ``None`` = :func:`default_ns_dtype`.
+        per_matrix: one Newton-Schulz call per matrix instead of one per same-shape bank.
     """
 
     def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], lr: float = 0.04, momentum: float = 0.95,
                  *, nesterov: bool = True, backend_steps: int = 5, schedule: Schedule = "quintic",
                  weight_decay: float = 0.0, row_norm: bool = False, impl: str = "auto",
-                 ns_dtype: torch.dtype | None = None):
+                 ns_dtype: torch.dtype | None = None, per_matrix: bool = False):
         if not lr >= 0.0:
             raise ValueError(f"Muon lr must be >= 0, got {lr}")
         if not 0.0 <= momentum < 1.0:
@@ -96,9 +108,16 @@ class Muon(torch.optim.Optimizer):
                                      f"got shape {tuple(p.shape)}")
         self.impl = impl
         self.ns_dtype = ns_dtype
+        self.per_matrix = per_matrix
+
+    def _dtype(self, ref: torch.Tensor) -> torch.dtype:
+        return self.ns_dtype or default_ns_dtype(ref.device, ref.dtype)
 
     def _banks(self, group: dict) -> list[list[torch.Tensor]]:
-        """The group's parameters that have a gradient, bucketed by (shape, dtype, device), in order."""
+        """The group's parameters that have a gradient, bucketed by (shape, dtype, device), in order
+        (``per_matrix``: one bank per parameter)."""
+        if self.per_matrix:
+            return [[p] for p in group["params"] if p.grad is not None]
         banks: dict[tuple, list[torch.Tensor]] = {}
         for p in group["params"]:
             if p.grad is not None:
@@ -129,33 +148,36 @@ class Muon(torch.optim.Optimizer):
         world = dist.get_world_size() if distributed else 1
         rank = dist.get_rank() if distributed else 0
 
-        jobs = []  # (group, bank params, chunk size, this rank's orthogonalised chunk or None)
+        # (group, bank params, chunk size, first owner rank, this rank's orthogonalised chunk or None):
+        # matrix i of a bank is orthogonalised by rank owner + i // chunk.
+        jobs = []
         for group in self.param_groups:
             for bank in self._banks(group):
                 dirs = self._momentum(group, bank)
-                chunk = -(-len(bank) // world)
-                lo, hi = min(rank * chunk, len(bank)), min((rank + 1) * chunk, len(bank))
+                chunk, owner = (1, len(jobs) % world) if self.per_matrix else (-(-len(bank) // world), 0)
+                mine_at = rank - owner
+                lo, hi = min(mine_at * chunk, len(bank)), min((mine_at + 1) * chunk, len(bank))
                 mine = None
-                if hi > lo:
-                    G = torch.stack(dirs[lo:hi])
+                if mine_at >= 0 and hi > lo:
+                    G = torch.stack(dirs[lo:hi]) if hi - lo > 1 else dirs[lo]
                     if group["row_norm"]:
                         G = G / torch.linalg.vector_norm(G, dim=-1, keepdim=True).clamp_min(ROW_NORM_EPS)
-                    dtype = self.ns_dtype or (torch.bfloat16 if G.is_cuda else G.dtype)
-                    mine = newton_schulz(G.to(dtype), steps=group["backend_steps"], schedule=group["schedule"],
-                                         impl=self.impl)
+                    mine = newton_schulz(G.to(self._dtype(G)), steps=group["backend_steps"],
+                                         schedule=group["schedule"], impl=self.impl)
+                    mine = mine if mine.dim() == 3 else mine.unsqueeze(0)
                     rows, cols = bank[0].shape
                     if rows > cols:
                         mine = mine * (rows / cols) ** 0.5
-                jobs.append((group, bank, chunk, mine))
+                jobs.append((group, bank, chunk, owner, mine))
 
         if not jobs:
             return loss
         if world > 1:
             updates = self._all_gather(jobs, world)
         else:
-            updates = [list(mine.unbind(0)) for _, _, _, mine in jobs]
+            updates = [list(mine.unbind(0)) for *_, mine in jobs]
 
-        for (group, bank, _, _), upd in zip(jobs, updates):
+        for (group, bank, *_), upd in zip(jobs, updates):
             lr, wd = group["lr"], group["weight_decay"]
             if wd:
                 torch._foreach_mul_(bank, 1.0 - lr * wd)
@@ -164,21 +186,21 @@ class Muon(torch.optim.Optimizer):
 
     def _all_gather(self, jobs: list, world: int) -> list[list[torch.Tensor]]:
         """Exchange every rank's chunks in one all_gather; return each bank's per-matrix updates."""
-        ref = next(p for _, bank, _, _ in jobs for p in bank)
-        dtype = self.ns_dtype or (torch.bfloat16 if ref.is_cuda else ref.dtype)
-        sizes = [chunk * bank[0].numel() for _, bank, chunk, _ in jobs]
+        ref = next(p for _, bank, *_ in jobs for p in bank)
+        dtype = self._dtype(ref)
+        sizes = [chunk * bank[0].numel() for _, bank, chunk, *_ in jobs]
         send = torch.zeros(sum(sizes), device=ref.device, dtype=dtype)
         offset = 0
-        for (_, bank, _, mine), size in zip(jobs, sizes):
+        for (*_, mine), size in zip(jobs, sizes):
             if mine is not None:
                 send[offset:offset + mine.numel()].view_as(mine).copy_(mine)
             offset += size
         recv = torch.empty(world, send.numel(), device=ref.device, dtype=dtype)
         dist.all_gather(list(recv.unbind(0)), send)
         updates, offset = [], 0
-        for (_, bank, chunk, _), size in zip(jobs, sizes):
+        for (_, bank, chunk, owner, _), size in zip(jobs, sizes):
             n = bank[0].numel()
-            updates.append([recv[i // chunk, offset + (i % chunk) * n: offset + (i % chunk + 1) * n].view_as(p)
+            updates.append([recv[owner + i // chunk, offset + (i % chunk) * n: offset + (i % chunk + 1) * n].view_as(p)
                             for i, p in enumerate(bank)])
             offset += size
         return updates

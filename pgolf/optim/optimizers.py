@@ -24,6 +24,18 @@ from pgolf.optim.muon import Muon
 from pgolf.optim.schedule import lr_multiplier, muon_momentum
 
 
+NS_DTYPES: dict[str, torch.dtype | None] = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def use_fused_adam(setting: str, device: torch.device) -> bool:
+    """``optim.adam_fused`` on ``device``: ``"cuda"`` fuses on CUDA only, ``"always"`` wherever this
+    torch build has fused Adam kernels (CUDA, and the CPU since torch 2.4), ``"never"`` nowhere."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    if setting == "always":
+        return device.type in _get_fused_kernels_supported_devices()
+    return setting == "cuda" and device.type == "cuda"
+
+
 def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Split parameters into the official optimiser groups by their role
     (:func:`pgolf.model.roles.parameter_roles`): ``embed`` (Adam, ``tied_embed_lr`` or
@@ -43,7 +55,7 @@ class Optimizers:
         """Build the official split of ``model``'s parameters (:func:`parameter_groups`)."""
         self.ocfg, self.tcfg = ocfg, tcfg
         groups = parameter_groups(model)
-        fused = {"fused": True} if model.tok_emb.weight.is_cuda else {}
+        fused = {"fused": True} if use_fused_adam(ocfg.adam_fused, model.tok_emb.weight.device) else {}
 
         def adam(group: str, lr: float) -> torch.optim.Optimizer:
             """Adam for one group: its own betas, AdamW when it has weight decay."""
@@ -57,7 +69,8 @@ class Optimizers:
         self.adam_embed = adam("embed", token_lr)
         self.muon = Muon(groups["matrix"], lr=ocfg.matrix_lr, momentum=ocfg.muon_momentum,
                          backend_steps=ocfg.muon_backend_steps, schedule=ocfg.ns_schedule,
-                         weight_decay=ocfg.muon_weight_decay, row_norm=ocfg.muon_row_norm, impl=tcfg.kernels)
+                         weight_decay=ocfg.muon_weight_decay, row_norm=ocfg.muon_row_norm, impl=tcfg.kernels,
+                         ns_dtype=NS_DTYPES[ocfg.muon_ns_dtype], per_matrix=ocfg.muon_per_matrix)
         for g in self.muon.param_groups:
             g["base_lr"] = ocfg.matrix_lr
         self.adam_scalar = adam("scalar", ocfg.scalar_lr)

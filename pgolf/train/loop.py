@@ -98,7 +98,7 @@ class Trainer:
             no_sync = env.distributed and (micro < self.grad_accum - 1 or self.opts.averages_gradients)
             with (self.forward.no_sync() if no_sync else nullcontext()), autocast_for(self.device):
                 loss = self.forward(x, y)
-            (loss / self.grad_accum).backward()
+            (loss * (1.0 / self.grad_accum)).backward()  # the official grad_scale
             loss_sum += loss.detach()
         return all_reduce_mean(loss_sum / self.grad_accum, env)
 
