@@ -9,6 +9,7 @@ from torch import nn
 
 from pgolf.config import QuantConfig
 from pgolf.model.layers import CastedLinear
+from pgolf.model.roles import MATRIX
 from pgolf.quant.qat import enable_qat, qat_state_at, set_qat_state
 from triton_kernels.fake_quant import fake_quant_linear
 
@@ -121,12 +122,16 @@ def test_python_bool_switch_is_specialised_by_compile():
 
 
 def test_enable_qat_refuses_a_tensor_export_would_quantise_but_training_cannot():
-    """The classic quant-gap bug: a weight quantised only at export. enable_qat names it."""
+    """The classic quant-gap bug: a weight quantised only at export. enable_qat names it. (A module
+    declares the roles of its own parameters; ``table`` is declared a matrix, which export
+    quantises, but no QAT-capable layer owns it. An undeclared parameter is a control gain and
+    stays float in both.)"""
     class Odd(nn.Module):
         def __init__(self):
             super().__init__()
             self.fc = CastedLinear(16, 16)
             self.table = nn.Parameter(torch.randn(16, 16))
+            self.param_roles = {"table": MATRIX}
 
     qcfg = QuantConfig(bits=6, keep_float_max_numel=0)
     with pytest.raises(ValueError, match=r"QAT cannot fake-quantise table, which export would quantise"):
