@@ -28,10 +28,11 @@ import torch.distributed as dist
 from pgolf.artifact.export import export_model, load_exported
 from pgolf.config import ConfigError, RunConfig, TrainConfig
 from pgolf.config.resume import RESUMABLE, resume_differences
-from pgolf.data.build import DataError, build_embedded_dataset
+from pgolf.data.build import build_embedded_dataset
 from pgolf.data.identity import (TokenizerIdentity, check_dataset, check_disjoint, check_tokenizer, run_identity,
                                  tokenizer_identity)
 from pgolf.data.loader import TokenLoader
+from pgolf.data.manifest import DataError
 from pgolf.data.shards import load_tokens
 from pgolf.data.tokenizer import ByteTable, byte_table, load_tokenizer
 from pgolf.eval.flat import evaluate, unigram_bpb

@@ -5,7 +5,6 @@ import torch
 
 from pgolf.artifact.export import export_model, load_exported
 from pgolf.config import ModelConfig, load_config
-from pgolf.data import shards
 from pgolf.data.build import build_embedded_dataset
 from pgolf.data.loader import TokenLoader
 from pgolf.model.gpt import GPT
@@ -51,10 +50,9 @@ QCFG = dict(bits=5, scale_rule="sigma", clip_sigma=3.0, keep_float_max_numel=0)
 def test_calibration_reads_no_validation_shard(trained, monkeypatch):
     model, data = trained
     opened = []
-    real = shards.read_shard
-    monkeypatch.setattr(shards, "read_shard", lambda path, **kw: opened.append(str(path)) or real(path, **kw))
     import pgolf.data.loader as loader_mod
-    monkeypatch.setattr(loader_mod, "read_shard", shards.read_shard)
+    real = loader_mod.shard_token_count
+    monkeypatch.setattr(loader_mod, "shard_token_count", lambda path: opened.append(str(path)) or real(path))
     hessians = collect_hessians(model, _train_batches(data, 2), device=torch.device("cpu"))
     assert opened and all("train_" in p for p in opened) and not any("val_" in p for p in opened)
     roles = parameter_roles(model)

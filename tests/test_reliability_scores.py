@@ -14,7 +14,8 @@ from pgolf.data.shards import read_shard, write_shard
 
 
 def test_training_with_another_tokenizer_than_the_shards_is_refused(tiny_data, other_data, tmp_path, reliability):
-    answer = train(tiny_data, tmp_path / "run", **{"data.tokenizer": other_data / "tokenizer.model"})
+    answer = train(tiny_data, tmp_path / "run", **{"data.tokenizer": other_data / "tokenizer.model",
+                                                   "model.vocab_size": 400})  # past the vocab check
     assert_clear(answer, r"shards in .* were made by tokenizer tokenizer.model \(sha256 \w+, 512 pieces\) but "
                          r"data.tokenizer is tokenizer.model \(sha256 \w+, 400 pieces\)")
     assert not (tmp_path / "run").exists()
@@ -179,10 +180,13 @@ def test_training_ids_beyond_the_tokenizer_are_refused(tiny_data, tmp_path, reli
 
 def test_validation_ids_beyond_the_tokenizer_are_refused_even_under_a_larger_model_vocab(tiny_data, tmp_path,
                                                                                         reliability):
-    """Ids 512..1023 fit a 1024-row model but mean nothing to the 512-piece byte table (0 bytes)."""
+    """Ids 512..1023 mean nothing to the 512-piece byte table (0 bytes): with the model's vocab equal
+    to the tokenizer's they are refused when read, and a larger model vocab is refused outright."""
     folder = _unverified(tiny_data, tmp_path, val=np.arange(2000) % 900)
-    answer = train(folder, tmp_path / "run", **{"data.verify_manifest": "false", "model.vocab_size": 1024})
+    answer = train(folder, tmp_path / "run", **{"data.verify_manifest": "false"})
     assert_clear(answer, r"val_000000.bin: token id \d+ at index \d+ is >= vocab_size 512")
+    answer = train(folder, tmp_path / "run2", **{"data.verify_manifest": "false", "model.vocab_size": 1024})
+    assert_clear(answer, r"model.vocab_size=1024 does not match the tokenizer's vocab \(512\)")
     reliability("CLEAR")
 
 

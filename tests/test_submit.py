@@ -61,7 +61,7 @@ def tiny_sets(data: Path, run_dir: Path, **extra) -> list[str]:
               "train.iterations": 4, "train.val_loss_every": 0, "train.val_batch_size": 4096,
               "train.max_wallclock_seconds": 0, "train.warmdown_iters": 2, "train.train_log_every": 1,
               "train.run_dir": str(run_dir), "optim.muon_momentum_warmup_steps": 2, "train.kernels": "torch",
-              "quant.codec": "zlib"}
+              "quant.codec": "zlib", "data.verify_manifest": "false"}  # hand-written shards: no manifest
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
 
@@ -165,8 +165,13 @@ def test_wrapped_script_in_a_clean_env_prints_pgolfs_final_lines(run, data, clea
     assert sub.bytes_code == script.stat().st_size < sub.bytes_readable
     res = run_isolated(script, clean_site, cwd=out)
     assert res.returncode == 0, res.stderr[-3000:]
+    # The scores are pgolf's to the last digit; the artifact's size may differ by a few bytes, since its
+    # metadata records the run's own paths (tokenizer, validation shards), which differ here.
     expected = final_lines((run / "train.log").read_text())
-    assert len(expected) == 3 and final_lines(res.stdout) == expected
+    got = final_lines(res.stdout)
+    assert len(expected) == 3 and got[1:] == expected[1:]
+    size = [int(line.split()[-2]) for line in (got[0], expected[0])]
+    assert abs(size[0] - size[1]) <= 64, (got[0], expected[0])
     assert f"Code size: {sub.bytes_code} bytes" in res.stdout
     fields = json.loads((out / "submission.json").read_text())
     assert (fields["bytes_code"], fields["bytes_total"]) == (sub.bytes_code, sub.bytes_code + sub.bytes_model)
@@ -194,7 +199,7 @@ def test_script_opens_nothing_outside_its_folder_and_the_data(run, data, clean_s
     allowed = [out.resolve(), data.resolve(), *libraries, Path("/proc"), Path("/sys"), Path("/dev")]
     outside = [p for p in opened if not any(p.is_relative_to(a) for a in allowed)]
     assert not outside
-    assert not [p for p in opened if p.is_relative_to(REPO)]  # no pgolf source
+    assert not [p for p in opened if p.is_relative_to(REPO) and not p.is_relative_to(REPO / ".venv")]  # no pgolf source
     assert any(p.is_relative_to(data.resolve()) for p in opened) and any(p.is_relative_to(out.resolve()) for p in opened)
 
 

@@ -116,9 +116,9 @@ def load_for_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> Loaded:
     bytes_glob = cfg.data.val_bytes_glob if "data.val_bytes_glob" in explicit else record.get("val_bytes_glob", "")
     sp = load_tokenizer(tokenizer)
     vocab = int(sp.vocab_size())
-    cfg.validate(tokenizer_vocab=vocab)
     tok = tokenizer_identity(tokenizer, vocab)
-    check_tokenizer(record.get("tokenizer"), tok, what=source)
+    check_tokenizer(record.get("tokenizer"), tok, what=source)  # the more telling refusal comes first
+    cfg.validate(tokenizer_vocab=vocab)
     check_dataset(val_glob, tok, verify=cfg.data.verify_manifest)
     tokens = torch.from_numpy(load_tokens(val_glob, vocab_size=vocab).astype(np.int64))
     check_val_size(len(tokens), seq_len, val_glob)

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from pgolf.data import corpus
+from pgolf.data.manifest import FORMAT, MANIFEST, DataError, file_sha256  # noqa: F401 (re-exported)
 from pgolf.data.shards import ShardError, shard_header, shard_token_count, write_shard
 from pgolf.data.tokenizer import TokenizerError, load_tokenizer, train_tokenizer
 from pgolf.util.atomic import atomic_write_text
@@ -41,14 +42,8 @@ from pgolf.util.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-FORMAT = "pgolf-shards-1"
 VAL_FRACTION_DIVISOR = 10  # small corpora: one document in ten is validation
 _ENCODE_BATCH = 256
-
-
-class DataError(ValueError):
-    """Bad input documents, tokenizer or output directory; the message says which and why."""
 
 
 def val_doc_count(num_docs: int, num_val_docs: int) -> int:
@@ -61,15 +56,6 @@ def val_doc_count(num_docs: int, num_val_docs: int) -> int:
     if num_docs >= 2 * num_val_docs:
         return num_val_docs
     return max(1, min(num_val_docs, num_docs // VAL_FRACTION_DIVISOR))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _ShardWriter:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pgolf.data.build import FORMAT, MANIFEST, DataError, file_sha256
+from pgolf.data.manifest import FORMAT, MANIFEST, DataError, file_sha256
 from pgolf.data.shards import shard_files, shard_token_count
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -52,7 +51,7 @@ class RunDirLock:
             fcntl.flock(fd, fcntl.LOCK_EX)  # a checker may hold it for an instant
         except OSError:  # no flock on this filesystem: the pid check still applies
             pass
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+        holder = {"pid": os.getpid(), "host": os.uname().nodename,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         os.write(fd, (json.dumps(holder) + "\n").encode())
         os.fsync(fd)
@@ -68,7 +67,7 @@ class RunDirLock:
 
     def _is_stale(self, holder: dict[str, Any]) -> bool:
         """A lock of this host whose ``flock`` nobody holds and whose pid no longer runs."""
-        if holder.get("host") != socket.gethostname():
+        if holder.get("host") != os.uname().nodename:
             return False
         try:
             fd = os.open(self.path, os.O_RDONLY)
