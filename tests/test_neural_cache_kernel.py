@@ -1,7 +1,5 @@
 """triton_kernels.neural_cache: the streaming Triton lookup against the torch reference (CPU interpreter;
 bf16 on a GPU only), the causal rule, the full-vocabulary path, the mixture, and bad inputs."""
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings
