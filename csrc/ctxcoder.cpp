@@ -10,6 +10,7 @@
 #include <string>
 
 #include "errors.h"
+#include "stream_reader.h"
 
 namespace pgolf {
 namespace {
@@ -317,39 +318,9 @@ size_t trial_size(Variant& v, int bits) {
     return out.size() + (v.flags & 2 ? perm_bytes(v.R) : 0);
 }
 
-class Reader {
-  public:
-    Reader(const uint8_t* p, size_t n) : p_(p), n_(n) {}
-    size_t pos() const { return pos_; }
-    size_t left() const { return n_ - pos_; }
-    uint8_t u8(const char* what) {
-        if (pos_ >= n_) throw stream_error(std::string("context-coded stream truncated: missing ") + what);
-        return p_[pos_++];
-    }
-    uint32_t varint(const char* what) {
-        uint64_t v = 0;
-        for (int i = 0; i < 5; ++i) {
-            const uint8_t b = u8(what);
-            v |= uint64_t(b & 0x7F) << (7 * i);
-            if (!(b & 0x80)) {
-                if (v > 0xFFFFFFFFULL) break;
-                return uint32_t(v);
-            }
-        }
-        throw stream_error(std::string("context-coded stream has an invalid varint for ") + what);
-    }
-    const uint8_t* take(uint64_t n, const char* what) {
-        if (n > left())
-            throw stream_error(std::string("context-coded stream truncated: ") + what + " needs " + std::to_string(n) +
-                               " bytes, " + std::to_string(left()) + " left");
-        const uint8_t* q = p_ + pos_;
-        pos_ += size_t(n);
-        return q;
-    }
-
-  private:
-    const uint8_t* p_;
-    size_t n_, pos_ = 0;
+// The decoder's bounded input (csrc/stream_reader.h), naming this stream in its errors.
+struct Reader : StreamReader {
+    Reader(const uint8_t* p, size_t n) : StreamReader(p, n, "context-coded stream") {}
 };
 
 }  // namespace
