@@ -35,22 +35,22 @@ _RULE_IDS = {"given": 0, "maxabs": 1, "sigma": 2}
 
 
 def dw_tile_config(dtype: torch.dtype, *, on_gpu: bool) -> dict:
-    """Tiles of the dW kernel: 16-wide in the interpreter; on a GPU, untuned choices that compile
-    for sm_90 without register spills (``tests/test_sm90_compile.py``); their speed is unmeasured."""
+    """Every launch setting of the dW kernel for inputs of ``dtype``: the dot's ``PREC`` (``"ieee"``
+    for float32, so fp32 QAT never rounds through TF32; 16-bit dots are exact products either way)
+    and the tiles: 16-wide in the interpreter; on a GPU, untuned choices that compile for sm_90
+    without register spills (``tests/test_sm90_compile.py`` compiles exactly these); their speed is
+    unmeasured."""
+    prec = "ieee" if dtype == torch.float32 else "tf32"
     if not on_gpu:
-        return dict(BM=16, BN=16, BK=16)
+        return dict(PREC=prec, BM=16, BN=16, BK=16)
     if dtype == torch.float32:
-        return dict(BM=64, BN=64, BK=32, num_warps=4, num_stages=2)
-    return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
+        return dict(PREC=prec, BM=64, BN=64, BK=32, num_warps=4, num_stages=2)
+    return dict(PREC=prec, BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
 
 
 def weight_block(cols: int, *, on_gpu: bool) -> int:
     """Row chunk of the weight kernel: the whole row up to 1024 columns on a GPU, 16 in the interpreter."""
     return min(1024, 1 << max(0, cols - 1).bit_length()) if on_gpu else 16
-
-
-def _precision(t: torch.Tensor) -> str:
-    return "ieee" if t.dtype == torch.float32 else "tf32"
 
 
 def _check_flag(t: torch.Tensor, name: str, device: torch.device) -> None:
@@ -150,7 +150,7 @@ def fq_linear_dw_triton(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     grid = (triton.cdiv(N, cfg["BN"]), triton.cdiv(K, cfg["BK"]), split_m)
     k._fq_linear_dw_kernel[grid](dy, x, weight, scale, active, temperature, out, M, N, K, m_per_split,
                                  dy.stride(0), x.stride(0), weight.stride(0), out.stride(0), out.stride(1),
-                                 QMAX=qmax, SOFT=surrogate == "softround", PREC=_precision(x), **cfg)
+                                 QMAX=qmax, SOFT=surrogate == "softround", **cfg)
     return out[0] if split_m == 1 else out.sum(dim=0).to(weight.dtype)
 
 
