@@ -159,8 +159,8 @@ def preflight(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: boo
     cfg.validate(tokenizer_vocab=vocab)
     grad_accum = cfg.grad_accum_steps(env.world_size)
     tok = tokenizer_identity(d.tokenizer, vocab)
-    train_set = check_dataset(d.train_glob, tok, verify=d.verify_manifest)
-    val_set = check_dataset(d.val_glob, tok, verify=d.verify_manifest)
+    train_set = check_dataset(d.train_glob, tok, verify=d.verify_manifest, small_val_split=d.small_val_split)
+    val_set = check_dataset(d.val_glob, tok, verify=d.verify_manifest, small_val_split=d.small_val_split)
     check_disjoint(train_set, val_set)
     notes = [f"data: {s.pattern} read unverified (no manifest; data.verify_manifest=false)"
              for s in (train_set, val_set) if not s.verified]

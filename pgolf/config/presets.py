@@ -90,7 +90,7 @@ def _baseline() -> dict[str, Any]:
     return {
         "name": "baseline",
         "model": {"dtype_layout": "official"},
-        "data": {"token_order": "official"},
+        "data": {"token_order": "official", "small_val_split": False},
         "optim": {"muon_ns_dtype": "bfloat16", "muon_per_matrix": True, "adam_fused": "always"},
         # kernels=torch: Newton-Schulz as torch matmuls (the official order of bf16 roundings),
         # not the Triton kernel, whose fp32 accumulator rounds once less.

@@ -71,6 +71,10 @@ class DataConfig:
     # tokens do not depend on the world size) or "official" (train_gpt.py: every micro-step takes the
     # next world_size spans of local_tokens + 1 tokens from the stream, one per rank).
     token_order: str = "per_step"
+    # Accept a validation split that ``pgolf data`` cut to 1 in 10 documents because the corpus had
+    # fewer than twice the requested number (its manifest says so). False refuses such data, as the
+    # official data script refuses a corpus smaller than its validation split (the baseline preset).
+    small_val_split: bool = True
 
 
 @dataclass
