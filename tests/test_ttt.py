@@ -157,7 +157,7 @@ class MultiEpoch(LoraTTT):
     tokens: torch.Tensor
 
     def log_probs(self, batch: ChunkBatch) -> torch.Tensor:
-        g = self.my_groups[self._pos]
+        g = self.current_group()
         if self.steps_left == len(self.schedule.groups[g]) and getattr(self, "_done", None) != g:
             self._done = g
             sizes = self.plan.stop - self.plan.start
