@@ -249,3 +249,43 @@ def test_ttt_plus_cache_stacks_the_cache_on_the_adapted_model(model, toks):
                    byte_counts=np.ones(len(small), np.int64), num_positions=3, seed=0, bos_id=BOS, device=CPU,
                    batch_tokens=1 << 12, batch_lanes=LANES)
     assert report.passed, report.table()
+
+
+def looped_model() -> GPT:
+    """Three blocks, block 1 looped once more: the forward runs blocks 0, 1, 1, 2 (four virtual layers)."""
+    torch.manual_seed(0)
+    m = GPT(ModelConfig(vocab_size=V, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2,
+                        num_loops=1, loop_start=1, loop_end=1))
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return m.eval()
+
+
+def test_a_looped_block_gets_its_own_adapters_on_every_pass():
+    """As the record (one adapter set per virtual layer, RECORD_STACK.md A.2.5): perturbing the adapter of
+    the looped block's first pass or of its second changes the scores, each differently."""
+    m, toks = looped_model(), stream(docs=6)
+    p = ttt(m, toks)
+    names = [name for name, *_ in p.sites]
+    assert names == [f"{pl}{v}" for v in range(4) for pl in "q k v o mlp".split()] + ["head"]
+    assert p.sites[5][1] is p.sites[10][1] is m.blocks[1].attn.c_q  # virtual layers 1 and 2 share block 1
+    zero = run(ttt(m, toks, dataclasses.replace(BASE, lr=0.0)), toks).record.nll[1:]
+    assert np.array_equal(zero, run(AdaptivePlain(m, CPU), toks).record.nll[1:])
+    plan = Doc(CHUNK, WINDOW, BOS).plan(toks)
+    step = p.schedule.steps[p.schedule.groups[p.my_groups[0]][0]]
+    batch = make_batch(step, toks, p.schedule.seq, plan.stop - plan.start, CPU)
+    base = p.log_probs(batch).detach()
+    changed = []
+    for v in (1, 2):
+        with torch.no_grad():
+            p.flat.zero_()
+            for t in p.layout.views(p.flat)[names.index(f"q{v}")]:  # A and B of the pass-v query adapter only
+                t.normal_(std=0.3)
+        changed.append(p.log_probs(batch).detach())
+        assert (changed[-1] - base).abs().max() > 1e-4, v
+    assert (changed[0] - changed[1]).abs().max() > 1e-4
+    adapted = run(ttt(m, toks), toks)
+    assert np.isfinite(adapted.score.bpb) and np.abs(adapted.record.nll[1:] - zero).max() > 1e-3
+    m.set_looping(False)  # the predictor was built for the looped order
+    with pytest.raises(RuntimeError, match="set_looping"):
+        p.log_probs(batch)

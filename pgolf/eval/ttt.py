@@ -189,15 +189,16 @@ class LoraTTT:
                 module = tied
             passes.setdefault(module, []).append((name, A, B, head_lengths if name == "head" else lengths))
 
-        def hook(calls: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]):
-            todo = iter(calls)
+        used = dict.fromkeys(passes, 0)
+        changed = ("the model's layer order is not the one the predictor was built for (model.set_looping since?): "
+                   "build the TTT predictor for the looping state it scores with")
 
+        def hook(calls: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]):
             def add(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-                name, A, B, n = next(todo, (None,) * 4)
-                if name is None:
-                    raise RuntimeError(f"LoraTTT: {type(module).__name__} ran more than the {len(calls)} time(s) the "
-                                       f"model's layer order gave when the predictor was built (was "
-                                       f"model.set_looping called since?)")
+                if used[module] == len(calls):
+                    raise RuntimeError(f"LoraTTT: {type(module).__name__} ran more than {len(calls)} time(s): {changed}")
+                _, A, B, n = calls[used[module]]
+                used[module] += 1
                 return out + lora_linear(args[0], A, B, scale=self.scale, lengths=n, impl=impl).to(out.dtype)
             return add
 
@@ -205,6 +206,10 @@ class LoraTTT:
             for module, calls in passes.items():
                 handles.append(module.register_forward_hook(hook(calls)))
             yield
+            short = [f"{calls[0][0]}: {used[m]} of {len(calls)}" for m, calls in passes.items() if used[m] < len(calls)]
+            if short:
+                raise RuntimeError(f"LoraTTT: adapted modules ran fewer times than they have adapters ({short[0]}): "
+                                   f"{changed}")
         finally:
             for h in handles:
                 h.remove()
