@@ -267,7 +267,7 @@ def test_a_looped_block_gets_its_own_adapters_on_every_pass():
     m, toks = looped_model(), stream(docs=6)
     p = ttt(m, toks)
     names = [name for name, *_ in p.sites]
-    assert names == [f"{pl}{v}" for v in range(4) for pl in "q k v o mlp".split()] + ["head"]
+    assert names == [f"{pl}{v}" for v in range(4) for pl in ("q", "k", "v", "o", "mlp")] + ["head"]
     assert p.sites[5][1] is p.sites[10][1] is m.blocks[1].attn.c_q  # virtual layers 1 and 2 share block 1
     zero = run(ttt(m, toks, dataclasses.replace(BASE, lr=0.0)), toks).record.nll[1:]
     assert np.array_equal(zero, run(AdaptivePlain(m, CPU), toks).record.nll[1:])

@@ -18,10 +18,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_ttt import BASE, BOS, CHUNK, CPU, LANES, WINDOW, stream, tiny_model, ttt
 
 from pgolf.eval.geometry import Doc
 from pgolf.eval.predictor import PlainModel
-from test_ttt import BASE, BOS, CHUNK, CPU, LANES, WINDOW, stream, tiny_model, ttt
 
 PHASED = dataclasses.replace(BASE, phases=2, phase_docs=6, warm_start_a=False)
 DEADLINE_S = 240
