@@ -16,6 +16,7 @@ from pgolf.eval.geometry import Doc
 from pgolf.eval.predictor import ChunkBatch, PlainModel
 from pgolf.eval.ttt import LoraTTT, make_ttt
 from pgolf.model.gpt import GPT
+from test_eval_cli import checkpoint_and_val  # noqa: F401  (the fixture: a checkpoint and a validation shard)
 
 V, BOS, CHUNK, WINDOW, LANES = 40, 1, 8, 16, 4
 CPU = torch.device("cpu")
@@ -289,3 +290,21 @@ def test_a_looped_block_gets_its_own_adapters_on_every_pass():
     m.set_looping(False)  # the predictor was built for the looped order
     with pytest.raises(RuntimeError, match="set_looping"):
         p.log_probs(batch)
+
+
+def test_eval_command_scores_doc_and_ttt_with_phases_from_the_command_line(checkpoint_and_val, capsys):
+    """``pgolf eval --mode doc,ttt --set ttt.*``: both modes scored, TTT below the plain model's bpb here
+    (tiny random model), its phases run as configured and reported with the fallbacks."""
+    from pgolf.cli import main as cli_main
+
+    _, common = checkpoint_and_val
+    ttt_sets = ["ttt.rank=4", "ttt.alpha=8", "ttt.lr=0.01", "ttt.impl=torch", "ttt.phases=2", "ttt.phase_docs=6",
+                "ttt.phase_chunk_tokens=128", "eval.batch_docs=4"]
+    assert cli_main(["eval", *common, "--mode", "doc,ttt", "--chunk", "8",
+                     *[a for s in ttt_sets for a in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    scores = {line.split()[0][5:]: float(line.split("val_bpb:")[1].split()[0])
+              for line in out.splitlines() if line.startswith("mode:")}
+    assert set(scores) == {"doc", "ttt"} and scores["ttt"] < scores["doc"]
+    ttt_line = next(line for line in out.splitlines() if line.startswith("eval_ttt "))
+    assert " phases:2 " in ttt_line and " phases_cancelled:0" in ttt_line and "fallback_docs:0" in ttt_line
