@@ -5,8 +5,10 @@ For each step of its share of the :class:`~pgolf.eval.schedule.Schedule` a rank 
 their shape and finiteness, gathers ``nll_i = -log p_i(t_i)``, adds NLL and bytes to the step's
 slot of a :class:`~pgolf.eval.scoring.BpbAccumulator`, and only then calls ``update``. The slots
 are all-reduced once and summed in step order, so the totals are the same for any number of
-ranks (bit for bit on a CPU). Optionally every scored position is recorded (:class:`TokenRecord`)
-and full distributions are kept at chosen positions (for the audit).
+ranks (bit for bit on a CPU) as long as the predictor scores a step the same on any rank (a
+warm-started TTT adapter or a cross-document cache carries state along its rank's steps).
+Optionally every scored position is recorded (:class:`TokenRecord`) and full distributions are
+kept at chosen positions (for the audit).
 
 Time budget: with ``max_seconds > 0``, before each step the engine checks whether the elapsed
 scoring + adaptation time plus the longest step so far would pass the budget; from then on every
