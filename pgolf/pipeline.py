@@ -40,6 +40,7 @@ from pgolf.eval.modes import evaluate_modes, result_lines
 from pgolf.eval.official import evaluate_official
 from pgolf.eval.scoring import Score
 from pgolf.model.gpt import GPT
+from pgolf.model.loss import fused_loss_unavailable
 from pgolf.optim.optimizers import Optimizers
 from pgolf.optim.schedule import training_fraction
 from pgolf.quant.calibrate import calibration_batches, collect_hessians, gptq_seconds
@@ -157,6 +158,9 @@ def preflight(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: boo
     sp = load_tokenizer(d.tokenizer)
     vocab = int(sp.vocab_size())
     cfg.validate(tokenizer_vocab=vocab)
+    problem = fused_loss_unavailable(cfg.model.loss_impl, torch.empty(0, device=device))
+    if problem is not None:
+        raise ConfigError(problem)
     grad_accum = cfg.grad_accum_steps(env.world_size)
     tok = tokenizer_identity(d.tokenizer, vocab)
     train_set = check_dataset(d.train_glob, tok, verify=d.verify_manifest)
