@@ -153,14 +153,14 @@ def preflight(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: boo
               say: Callable[[str], None]) -> Preflight:
     """Check config, tokenizer, data identity (:mod:`pgolf.data.identity`), split sizes and the
     checkpoint to resume, raising a clear error before any file of the run is written."""
+    problem = fused_loss_unavailable(cfg.model.loss_impl, torch.empty(0, device=device))
+    if problem is not None:
+        raise ConfigError(problem)
     prepare_data(cfg, env, say)
     d, t = cfg.data, cfg.train
     sp = load_tokenizer(d.tokenizer)
     vocab = int(sp.vocab_size())
     cfg.validate(tokenizer_vocab=vocab)
-    problem = fused_loss_unavailable(cfg.model.loss_impl, torch.empty(0, device=device))
-    if problem is not None:
-        raise ConfigError(problem)
     grad_accum = cfg.grad_accum_steps(env.world_size)
     tok = tokenizer_identity(d.tokenizer, vocab)
     train_set = check_dataset(d.train_glob, tok, verify=d.verify_manifest)

@@ -20,7 +20,8 @@ class RandomTokens:
     """The loader's interface: a fixed batch of random tokens per step (no shards needed)."""
 
     def next_batch(self, step, *, global_tokens, seq_len, grad_accum_steps, micro_step):
-        ids = torch.randint(0, VOCAB, (global_tokens // seq_len, seq_len + 1), generator=torch.Generator().manual_seed(step))
+        gen = torch.Generator().manual_seed(step)
+        ids = torch.randint(0, VOCAB, (global_tokens // seq_len, seq_len + 1), generator=gen)
         return ids[:, :-1], ids[:, 1:]
 
     def state_dict(self):

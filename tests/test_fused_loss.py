@@ -4,10 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pgolf.config import ConfigError, ModelConfig, OptimConfig, TrainConfig, load_config
+from pgolf.config import ConfigError, ModelConfig, load_config
 from pgolf.config.resume import resume_differences
 from pgolf.model.gpt import GPT
 from pgolf.optim.optimizers import Optimizers
+from pgolf.pipeline import run_training
 from pgolf.submit.script import plan_bundle
 from triton_kernels.softcap_ce import ops as ce_ops
 
@@ -140,6 +141,16 @@ def test_fused_where_triton_cannot_run_is_refused_naming_the_key(monkeypatch):
     model = GPT(ModelConfig(**TINY, loss_impl="fused"))
     with pytest.raises(ConfigError, match=r"model.loss_impl='fused'.*needs CUDA tensors.*model.loss_impl=auto"):
         model(*batch(TINY["vocab_size"]))
+
+
+def test_training_refuses_fused_where_triton_cannot_run_before_any_work(monkeypatch, tmp_path):
+    """The run stops in its preflight, before data is read or built and before the run folder exists."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    cfg = load_config("demo", sets=["model.loss_impl=fused", "train.device=cpu", f"train.run_dir={tmp_path / 'run'}",
+                                    f"data.embedded_dir={tmp_path / 'data'}"])
+    with pytest.raises(ConfigError, match=r"model.loss_impl='fused'"):
+        run_training(cfg, echo=False)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
 
 
 def test_loss_impl_is_validated_and_may_change_on_resume():
