@@ -40,6 +40,7 @@ from pgolf.eval.modes import evaluate_modes, result_lines
 from pgolf.eval.official import evaluate_official
 from pgolf.eval.scoring import Score
 from pgolf.model.gpt import GPT
+from pgolf.model.loss import fused_loss_unavailable
 from pgolf.optim.optimizers import Optimizers
 from pgolf.optim.schedule import training_fraction
 from pgolf.quant.calibrate import calibration_batches, collect_hessians, gptq_seconds
@@ -152,6 +153,9 @@ def preflight(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: boo
               say: Callable[[str], None]) -> Preflight:
     """Check config, tokenizer, data identity (:mod:`pgolf.data.identity`), split sizes and the
     checkpoint to resume, raising a clear error before any file of the run is written."""
+    problem = fused_loss_unavailable(cfg.model.loss_impl, torch.empty(0, device=device))
+    if problem is not None:
+        raise ConfigError(problem)
     prepare_data(cfg, env, say)
     d, t = cfg.data, cfg.train
     sp = load_tokenizer(d.tokenizer)

@@ -16,6 +16,8 @@ from pgolf.submit.graph import Module
 PORTABLE_CODECS = ("zlib",)
 # Modules of the embedded demo corpus: a submission reads the shards it is given, never builds them.
 CORPUS_BUILDER = ("pgolf.data.build", "pgolf.data.corpus")
+# The fused softcapped cross-entropy, imported by pgolf.model.loss on the model.loss_impl != "torch" path only.
+FUSED_LOSS = "triton_kernels.softcap_ce"
 
 
 def unsupported(cfg: RunConfig) -> list[str]:
@@ -31,7 +33,11 @@ def left_out(cfg: RunConfig, modules: dict[str, Module]) -> dict[str, str]:
     """``{module: reason}`` for the modules of the import closure ``modules`` that ``cfg`` never runs."""
     out = {name: "a submission reads the shards it is given and never builds the embedded demo corpus"
            for name in CORPUS_BUILDER if name in modules}
+    fused_loss = {name for name in modules if name == FUSED_LOSS or name.startswith(FUSED_LOSS + ".")}
+    if cfg.model.loss_impl == "torch":
+        out.update((name, "model.loss_impl='torch' computes the loss in torch, never with the fused kernel")
+                   for name in fused_loss)
     if cfg.train.kernels == "torch":
         out.update((name, "train.kernels='torch' runs the pure-torch references, never a Triton kernel")
-                   for name, m in modules.items() if "triton" in m.top_level_imports)
+                   for name, m in modules.items() if "triton" in m.top_level_imports and name not in fused_loss)
     return out
