@@ -4,7 +4,9 @@ Documents: the FineWeb validation set's length-sorted batches of 64 (by default
 ``../shared/data/fineweb_val/doc_length_batches.tsv`` beside the checkout, as issue 14 names it: the
 shortest and longest document of 213 of the 782 batches, from the record's public logs; the others
 interpolated linearly in the batch index, and a batch's 64 lengths spread evenly between its two
-ends). A batch of ``D`` documents with longest ``P`` takes ``ceil(P / C)`` steps; step ``j`` runs
+ends), or, with ``--val-shard``, a real validation shard's documents by their BOS positions (split as
+the ``doc`` geometry splits them, sorted by length, batches of 64 from the shortest, the remainder
+the longest batch, as the record's 50,000 = 781 x 64 + 16). A batch of ``D`` documents with longest ``P`` takes ``ceil(P / C)`` steps; step ``j`` runs
 forward + backward + the optimizer over ``D x w_j`` tokens, ``w_j = min((j + 1) C, W)`` (the record
 pads every row to ``w_j``), so
 
@@ -24,7 +26,7 @@ alone) stands for the rest. ``t_step`` (per-step latency) is assumed (``--step-m
 measured or assumed; a CPU row gives CPU figures, and says that GPU per-step times are not measured.
 
     python -m benchmarks.ttt_projection --bench benchmarks/results/lora_ttt.jsonl [--step-ms 5] [--ranks 8]
-    python -m benchmarks.ttt_projection --token-us 0.02 --step-ms 5 [--tsv PATH]
+    python -m benchmarks.ttt_projection --token-us 0.02 --step-ms 5 [--tsv PATH | --val-shard fineweb_val_000000.bin]
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import latest_run, read_results
+from pgolf.data.shards import load_tokens
+from pgolf.eval.geometry import document_starts
 
 BATCHES, DOCS, LAST_BATCH_DOCS, PREDICTIONS = 782, 50_000, 16, 47_851_520  # PREDICTIONS: RECORD_STACK.md A.2.1
 
@@ -51,6 +55,19 @@ def read_batches(path: str) -> np.ndarray:
     return np.stack([np.interp(every, k, lo), np.interp(every, k, hi)], 1)
 
 
+def batches_from_shard(path: str, *, bos_id: int = 1, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``(bounds, docs)`` of a real validation shard: ``bounds[i]`` the (shortest, longest) prediction count
+    of batch ``i``, ``docs[i]`` its documents. A document is the span from a BOS to the next one (its
+    predictions: every target up to and including that BOS), as the ``doc`` geometry scores it."""
+    tokens = load_tokens(path)
+    starts = document_starts(tokens, bos_id)
+    preds = np.diff(np.concatenate([starts, [len(tokens) - 1]]))
+    preds = np.sort(preds[preds > 0])
+    groups = [preds[i:i + batch] for i in range(0, len(preds), batch)]
+    return (np.array([[g[0], g[-1]] for g in groups], dtype=np.float64),
+            np.array([len(g) for g in groups], dtype=np.int64))
+
+
 def batch_seconds(longest: float, docs: int, *, chunk: int, window: int, token_s: float, step_s: float) -> float:
     """``t_batch`` of the module docstring."""
     steps = math.ceil(longest / chunk)
@@ -58,10 +75,13 @@ def batch_seconds(longest: float, docs: int, *, chunk: int, window: int, token_s
     return float(steps * step_s + token_s * docs * widths.sum())
 
 
-def project(bounds: np.ndarray, *, ranks: int, chunk: int, window: int, token_s: float, step_s: float) -> dict:
-    """Eval seconds (largest rank total), the critical path and the summed work of all ranks."""
-    docs = np.full(len(bounds), 64)
-    docs[-1] = LAST_BATCH_DOCS if len(bounds) == BATCHES else 64
+def project(bounds: np.ndarray, *, ranks: int, chunk: int, window: int, token_s: float, step_s: float,
+            docs: np.ndarray | None = None) -> dict:
+    """Eval seconds (largest rank total), the critical path and the summed work of all ranks; ``docs`` the
+    documents per batch (default: 64, and the FineWeb set's 16 in its last batch)."""
+    if docs is None:
+        docs = np.full(len(bounds), 64)
+        docs[-1] = LAST_BATCH_DOCS if len(bounds) == BATCHES else 64
     times = [batch_seconds(hi, int(d), chunk=chunk, window=window, token_s=token_s, step_s=step_s)
              for (_, hi), d in zip(bounds, docs)]
     load = np.zeros(ranks)
@@ -118,6 +138,8 @@ def costs_from_bench(path: str, *, run_id: str | None = None, scale: float = 1.0
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tsv", default=str(default_tsv()), help="doc_length_batches.tsv (default: ../shared beside the checkout)")
+    p.add_argument("--val-shard", help="a real validation shard: its documents (by BOS) instead of --tsv")
+    p.add_argument("--bos-id", type=int, default=1, help="BOS id of --val-shard (default 1)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--bench", help="bench_lora_ttt results file (<out>/lora_ttt.jsonl): measured per-token times")
     src.add_argument("--token-us", type=float, help="assumed microseconds per token of a TTT step")
@@ -129,26 +151,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--warmup-s", type=float, default=0.0, help="compile warm-up to add (counted against 600 s)")
     a = p.parse_args(argv)
-    if not Path(a.tsv).is_file():
+    if a.val_shard is None and not Path(a.tsv).is_file():
         p.error(f"--tsv {a.tsv}: no such file (doc_length_batches.tsv of ../shared/data/fineweb_val)")
     try:
         costs = (costs_from_bench(a.bench, run_id=a.run_id, scale=a.scale) if a.bench else
                  [StepCost("given", a.token_us * 1e-6, "assumed: --token-us", gpu=False)])
+        bounds, docs = batches_from_shard(a.val_shard, bos_id=a.bos_id) if a.val_shard else (read_batches(a.tsv), None)
     except ValueError as e:
         p.error(str(e))
-    bounds = read_batches(a.tsv)
-    print(f"documents: {a.tsv} ({len(bounds)} batches; the record's logged ones, the rest interpolated)")
+    if a.val_shard:
+        print(f"documents: {a.val_shard} ({int(docs.sum())} documents by BOS id {a.bos_id}, {len(bounds)} batches)")
+    else:
+        print(f"documents: {a.tsv} ({len(bounds)} batches; the record's logged ones, the rest interpolated)")
     print(f"t_step: {a.step_ms:g} ms, assumed (--step-ms)")
     if not any(c.gpu for c in costs):
         print("GPU per-step times: NOT MEASURED. These inputs are not GPU measurements, so neither is any "
               "time below: it is what those inputs give, not a GPU projection.")
+    about = ("(from the batches' ends; the time uses only each batch's longest)" if a.val_shard else
+             f"(the set has {PREDICTIONS / 1e6:.2f} M: the difference is the interpolation's error)")
     for c in costs:
-        r = project(bounds, ranks=a.ranks, chunk=a.chunk, window=a.window, token_s=c.token_s, step_s=a.step_ms * 1e-3)
+        r = project(bounds, ranks=a.ranks, chunk=a.chunk, window=a.window, token_s=c.token_s, step_s=a.step_ms * 1e-3,
+                    docs=docs)
         print(f"{c.label}: t_token {c.token_s * 1e6:.4g} us ({c.source})")
         print(f"  ranks {a.ranks} chunk {a.chunk} window {a.window}: eval {r['eval_s']:.1f} s (+ warm-up "
               f"{a.warmup_s:.1f} s = {r['eval_s'] + a.warmup_s:.1f} s of 600), critical path "
               f"{r['critical_path_s']:.1f} s, work {r['work_s']:.1f} rank-s, ~{r['predictions'] / 1e6:.2f} M predictions "
-              f"(the set has {PREDICTIONS / 1e6:.2f} M: the difference is the interpolation's error)")
+              f"{about}")
     return 0
 
 

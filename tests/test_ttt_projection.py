@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 
 from benchmarks.harness import write_results
+from pgolf.data.shards import write_shard
 from benchmarks.ttt_projection import (
     PREDICTIONS,
     batch_seconds,
+    batches_from_shard,
     costs_from_bench,
     default_tsv,
     main,
@@ -75,3 +77,20 @@ def test_the_default_documents_are_the_shared_validation_lengths():
     r = project(bounds, ranks=8, chunk=48, window=2048, token_s=1e-8, step_s=1e-3)
     assert r["critical_path_s"] >= 1e-3 * -(-97114 // 48)  # the longest document's steps, one after another
     assert abs(r["predictions"] / PREDICTIONS - 1) < 0.15
+
+
+def test_a_real_shard_gives_its_documents_by_bos(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 300, size=150)  # 150 documents: batches of 64, 64 and the 22 longest
+    stream = np.concatenate([np.concatenate([[1], rng.integers(2, 500, size=n - 1)]) for n in lengths] + [[1]])
+    shard = tmp_path / "val_000000.bin"
+    write_shard(shard, stream.astype(np.uint16))
+    bounds, docs = batches_from_shard(str(shard))
+    preds = np.sort(lengths)  # a document predicts up to and including the next BOS: its own length
+    assert list(docs) == [64, 64, 22] and int(docs.sum()) == len(lengths)
+    assert bounds.tolist() == [[preds[0], preds[63]], [preds[64], preds[127]], [preds[128], preds[-1]]]
+    one = project(bounds, ranks=1, chunk=48, window=2048, token_s=1.0, step_s=0.0, docs=docs)
+    assert one["work_s"] == sum(batch_seconds(hi, int(d), chunk=48, window=2048, token_s=1.0, step_s=0.0)
+                                for (_, hi), d in zip(bounds, docs))
+    assert main(["--val-shard", str(shard), "--token-us", "0.01"]) == 0
+    assert "150 documents by BOS id 1, 3 batches" in capsys.readouterr().out
