@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from triton_kernels import fake_quant as fq
+from _launches import LaunchCounter
 
 M, K, N = 37, 48, 40  # none a multiple of the 16-wide interpreter tiles except K
 RULE_KW = dict(percentile=99.0, sigma=2.5)  # strong clipping so the mask matters
@@ -89,25 +90,12 @@ def test_linear_forward_and_mask_are_exact(bits, rule):
     assert torch.equal(dw_soft == 0, g == 0)
 
 
-class _LaunchCounter:
-    """Stands in for a Triton kernel object: counts ``kernel[grid](...)`` launches, then launches."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches += 1
-            return self.kernel[grid](*args, **kwargs)
-        return launch
-
-
 @pytest.mark.parametrize("rule", fq.RULES)
 def test_one_weight_launch_per_forward_and_no_float32_copy(monkeypatch, rule):
     """Forward: one weight-kernel launch; backward: one dW launch; the saved fq(W) has x's dtype."""
     from triton_kernels.fake_quant import kernels
-    weight_k = _LaunchCounter(kernels._fq_weight_kernel)
-    dw_k = _LaunchCounter(kernels._fq_linear_dw_kernel)
+    weight_k = LaunchCounter(kernels._fq_weight_kernel)
+    dw_k = LaunchCounter(kernels._fq_linear_dw_kernel)
     monkeypatch.setattr(kernels, "_fq_weight_kernel", weight_k)
     monkeypatch.setattr(kernels, "_fq_linear_dw_kernel", dw_k)
     x = torch.randn(M, K, dtype=torch.float16, requires_grad=True)

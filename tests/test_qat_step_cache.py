@@ -10,6 +10,7 @@ from pgolf.model.layers import CastedLinear, QuantEmbedding
 from pgolf.quant.qat import enable_qat, set_qat_state
 from pgolf.quant.rtn import quantize_tensor
 from triton_kernels.fake_quant import STEP_CACHE, fake_quant_weight, kernels
+from _launches import LaunchCounter
 
 MICRO_STEPS = 8
 
@@ -28,19 +29,6 @@ class _Tied(nn.Module):
         h = F.embedding(ids, w)
         h = h + self.down(F.relu(self.up(h)))
         return F.cross_entropy(F.linear(h, w).flatten(0, 1), ids.flatten())
-
-
-class _Counter:
-    """Stands in for the weight kernel and counts its launches."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches += 1
-            return self.kernel[grid](*args, **kwargs)
-        return launch
 
 
 def _train(model, steps, *, recompute):
@@ -69,7 +57,7 @@ def test_fq_weight_once_per_optimiser_step_and_bit_identical(monkeypatch, rule):
     models[1].load_state_dict(models[0].state_dict())
     for m in models:
         enable_qat(m, qcfg, impl="triton")  # the linear layers run the Triton kernel (interpreter on a CPU)
-    counter = _Counter(kernels._fq_weight_kernel)
+    counter = LaunchCounter(kernels._fq_weight_kernel)
     monkeypatch.setattr(kernels, "_fq_weight_kernel", counter)
     quantiles = []
     real_quantile = torch.quantile
