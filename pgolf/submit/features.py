@@ -1,8 +1,10 @@
 """What a run's configuration needs from the bundle, and what the bundle cannot give it.
 
 The challenge's environment has torch, numpy, sentencepiece, tqdm and the standard library (its
-``requirements.txt``), not pgolf's C++ extension nor ``zstandard``. A configuration that needs
-either is refused (:func:`unsupported`) with the reason and the setting that avoids it. Modules the
+``requirements.txt``), not pgolf's C++ extension nor ``zstandard``. A configuration whose codec
+needs the extension (:data:`NATIVE_CODECS`) carries its C++ source and builds it at run time
+(:mod:`pgolf.submit.native`); one that needs ``zstandard`` is refused (:func:`unsupported`) with
+the reason and the setting that avoids it. Modules the
 configuration never runs are left out (:func:`left_out`): the predictors, quantisers and
 exporters of :data:`OPTIONAL` that it does not switch on, the Triton kernels whose setting is
 ``'torch'`` (:func:`_torch_setting`), and the demo corpus builder. The modules that reach an optional one
@@ -18,8 +20,10 @@ from typing import Callable, NamedTuple
 from pgolf.config import RunConfig, split_mode
 from pgolf.submit.graph import Module
 
-# The artifact codecs whose writer and reader need nothing outside the challenge's requirements.
-PORTABLE_CODECS = ("zlib",)
+# The artifact codecs whose writer and reader need nothing outside the challenge's requirements,
+# and those of them that also need pgolf's C++ codec (built from the source the script carries).
+PORTABLE_CODECS = ("zlib", "rans")
+NATIVE_CODECS = ("rans",)
 # Modules of the embedded demo corpus: a submission reads the shards it is given, never builds them.
 CORPUS_BUILDER = ("pgolf.data.build", "pgolf.data.corpus")
 
@@ -27,6 +31,11 @@ CORPUS_BUILDER = ("pgolf.data.build", "pgolf.data.corpus")
 def _predictors(cfg: RunConfig) -> set[str]:
     """The predictors any of the scoring modes stacks on the model (``ttt``, ``cache``)."""
     return {name for mode in cfg.eval_modes() for name in split_mode(mode)[1]}
+
+
+def needs_native(cfg: RunConfig) -> bool:
+    """Whether ``cfg``'s artifact codec needs pgolf's C++ codec (the script then builds it)."""
+    return cfg.quant.codec in NATIVE_CODECS
 
 
 class Optional(NamedTuple):
@@ -50,15 +59,16 @@ OPTIONAL = (
              lambda cfg: cfg.quant.scheme == "official_int8", "quant.scheme is not 'official_int8'"),
     Optional(("pgolf.eval.official",), lambda cfg: cfg.train.val_sum == "official",
              "train.val_sum is not 'official'"),
+    Optional(("pgolf.submit.native",), needs_native,
+             "quant.codec needs no C++ codec (it is not one of " + ", ".join(NATIVE_CODECS) + ")"),
 )
-
 
 def unsupported(cfg: RunConfig) -> list[str]:
     """Why ``cfg`` cannot run as a bundled submission (empty when it can), one reason per setting."""
     reasons = []
     if cfg.quant.codec not in PORTABLE_CODECS:
-        reasons.append(f"quant.codec={cfg.quant.codec!r} needs pgolf's C++ codec or zstandard, which the challenge's "
-                       f"environment lacks; train with --set quant.codec={PORTABLE_CODECS[0]}")
+        reasons.append(f"quant.codec={cfg.quant.codec!r} needs zstandard, which the challenge's environment lacks; "
+                       "train with --set quant.codec=" + " or ".join(PORTABLE_CODECS))
     return reasons
 
 
