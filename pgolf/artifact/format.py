@@ -8,7 +8,8 @@ version 2 by ``tests/golden/artifact_v2.pgolf``; versions 1 and 2 are still read
     8              4     uint32 format version (3)
     12             4     uint32 H, bytes of the header
     16             H     header: version 3: one method byte (0 raw, 1 zstd-22 (written for
-                         codec zstd only; earlier rans files have it too), 2 lzma) and the JSON index through it; versions 1-2: the JSON itself. JSON: UTF-8,
+                         codec zstd only; earlier rans files have it too), 2 lzma) and the
+                         JSON index through it; versions 1-2: the JSON itself. JSON: UTF-8,
                          sorted keys, no whitespace
     16 + H         P     payloads, back to back (P = header["payload_bytes"])
     16 + H + P     32    SHA-256 of every byte before it
