@@ -101,6 +101,9 @@ def _load(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     sys.modules[MODULE] = module
+    package, _, name = MODULE.rpartition(".")
+    if package in sys.modules:  # as an import would: pgolf._codec is an attribute of pgolf
+        setattr(sys.modules[package], name, module)
     return module
 
 
