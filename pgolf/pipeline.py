@@ -39,6 +39,7 @@ from pgolf.eval.flat import evaluate, unigram_bpb
 from pgolf.eval.modes import evaluate_modes, result_lines
 from pgolf.eval.scoring import Score
 from pgolf.model.gpt import GPT
+from pgolf.model.loss import fused_loss_unavailable
 from pgolf.optim.optimizers import Optimizers
 from pgolf.optim.schedule import training_fraction
 from pgolf.quant.qat import enable_qat, qat_state_at, set_qat_state
@@ -152,6 +153,9 @@ def preflight(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: boo
               say: Callable[[str], None]) -> Preflight:
     """Check config, tokenizer, data identity (:mod:`pgolf.data.identity`), split sizes and the
     checkpoint to resume, raising a clear error before any file of the run is written."""
+    problem = fused_loss_unavailable(cfg.model.loss_impl, torch.empty(0, device=device))
+    if problem is not None:
+        raise ConfigError(problem)
     prepare_data(cfg, env, say)
     d, t = cfg.data, cfg.train
     sp = load_tokenizer(d.tokenizer)
@@ -159,8 +163,8 @@ def preflight(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: boo
     cfg.validate(tokenizer_vocab=vocab)
     grad_accum = cfg.grad_accum_steps(env.world_size)
     tok = tokenizer_identity(d.tokenizer, vocab)
-    train_set = check_dataset(d.train_glob, tok, verify=d.verify_manifest)
-    val_set = check_dataset(d.val_glob, tok, verify=d.verify_manifest)
+    train_set = check_dataset(d.train_glob, tok, verify=d.verify_manifest, small_val_split=d.small_val_split)
+    val_set = check_dataset(d.val_glob, tok, verify=d.verify_manifest, small_val_split=d.small_val_split)
     check_disjoint(train_set, val_set)
     notes = [f"data: {s.pattern} read unverified (no manifest; data.verify_manifest=false)"
              for s in (train_set, val_set) if not s.verified]

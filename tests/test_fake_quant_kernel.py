@@ -124,6 +124,32 @@ def test_one_weight_launch_per_forward_and_no_float32_copy(monkeypatch, rule):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_dw_launcher_passes_its_whole_launch_config(monkeypatch, dtype):
+    """The dW launcher launches with every entry of ``dw_tile_config`` (the dot precision included)
+    and nothing of its own, so ``tests/test_sm90_compile.py``, which compiles
+    ``dw_tile_config(dtype, on_gpu=True)``, compiles the precision a GPU launch uses."""
+    from triton_kernels.fake_quant import kernels
+    launched = []
+    real = kernels._fq_linear_dw_kernel
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launched.append(kwargs)
+                return real[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(kernels, "_fq_linear_dw_kernel", Recorder())
+    w = _weight()
+    fq.fq_linear_dw_triton(torch.randn(M, N, dtype=dtype), torch.randn(M, K, dtype=dtype), w,
+                           fq.row_scales(w, bits=6), bits=6, active=torch.ones((), dtype=torch.bool))
+    cfg = fq.dw_tile_config(dtype, on_gpu=False)
+    assert [{k: v for k, v in kw.items() if k not in ("QMAX", "SOFT")} for kw in launched] == [cfg]
+    assert cfg["PREC"] == ("ieee" if dtype == torch.float32 else "tf32")
+    assert {fq.dw_tile_config(dtype, on_gpu=g)["PREC"] for g in (False, True)} == {cfg["PREC"]}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("bits,rule,surrogate", [(5, "maxabs", "softround"), (6, "percentile", "ste"),
                                                  (6, "sigma", "softround"), (8, "sigma", "ste"),
                                                  (5, "percentile", "ste"), (8, "maxabs", "softround")])

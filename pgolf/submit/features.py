@@ -4,12 +4,13 @@ The challenge's environment has torch, numpy, sentencepiece, tqdm and the standa
 ``requirements.txt``), not pgolf's C++ extension nor ``zstandard``. A configuration whose codec
 needs the extension (:data:`NATIVE_CODECS`) carries its C++ source and builds it at run time
 (:mod:`pgolf.submit.native`); one that needs ``zstandard`` is refused (:func:`unsupported`) with
-the reason and the setting that avoids it. Modules the
-configuration never runs are left out (:func:`left_out`): the predictors, quantisers and
-exporters of :data:`OPTIONAL` that it does not switch on, the Triton kernels whose setting is
-``'torch'`` (:func:`_torch_setting`), and the demo corpus builder. The modules that reach an optional one
-import it inside the branch its setting selects, so a left-out module is never imported; one that
-a bundled module still imports at its top level gets a stub that raises when used. A new optional
+the reason and the setting that avoids it.
+
+Modules the configuration never runs are left out (:func:`left_out`): the features of
+:data:`OPTIONAL` that it does not switch on, the Triton kernels whose own setting is ``'torch'``
+(:func:`_torch_setting`), and the demo corpus builder. The modules that reach an optional one import
+it inside the branch its setting selects, so a left-out module is never imported; one that a
+bundled module still imports at its top level gets a stub that raises when used. A new optional
 feature adds its rule to :data:`OPTIONAL` (and imports its modules lazily); one the bundle cannot
 carry adds a check to :func:`unsupported`.
 """
@@ -26,6 +27,8 @@ PORTABLE_CODECS = ("zlib", "rans")
 NATIVE_CODECS = ("rans",)
 # Modules of the embedded demo corpus: a submission reads the shards it is given, never builds them.
 CORPUS_BUILDER = ("pgolf.data.build", "pgolf.data.corpus")
+# The fused softcapped cross-entropy, imported by pgolf.model.loss on the model.loss_impl != "torch" path only.
+FUSED_LOSS = "triton_kernels.softcap_ce"
 
 
 def _predictors(cfg: RunConfig) -> set[str]:
@@ -59,9 +62,12 @@ OPTIONAL = (
              lambda cfg: cfg.quant.scheme == "official_int8", "quant.scheme is not 'official_int8'"),
     Optional(("pgolf.eval.official",), lambda cfg: cfg.train.val_sum == "official",
              "train.val_sum is not 'official'"),
+    Optional((FUSED_LOSS,), lambda cfg: cfg.model.loss_impl != "torch",
+             "model.loss_impl='torch' computes the loss in torch, never with the fused kernel"),
     Optional(("pgolf.submit.native",), needs_native,
              "quant.codec needs no C++ codec (it is not one of " + ", ".join(NATIVE_CODECS) + ")"),
 )
+
 
 def unsupported(cfg: RunConfig) -> list[str]:
     """Why ``cfg`` cannot run as a bundled submission (empty when it can), one reason per setting."""
@@ -93,9 +99,10 @@ def left_out(cfg: RunConfig, modules: dict[str, Module]) -> dict[str, str]:
 def _torch_setting(cfg: RunConfig, name: str) -> str | None:
     """The setting that keeps module ``name``'s Triton kernels from running (it is ``'torch'``), or
     None when they may run: ``ttt.impl`` for the LoRA kernels, ``train.kernels`` for Newton-Schulz
-    and fake quantisation; the neural cache has no such setting (its kernels run wherever Triton can)."""
+    and fake quantisation; the neural cache has no such setting (its kernels run wherever Triton can),
+    and the fused loss is all or nothing, by ``model.loss_impl`` (:data:`OPTIONAL`)."""
     if _under(name, ("triton_kernels.lora",)):
         return "ttt.impl" if cfg.ttt.impl == "torch" else None
-    if _under(name, ("triton_kernels.neural_cache",)):
+    if _under(name, ("triton_kernels.neural_cache", FUSED_LOSS)):
         return None
     return "train.kernels" if cfg.train.kernels == "torch" else None
