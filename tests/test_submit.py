@@ -247,6 +247,7 @@ FEATURES = {
     "lqer": ({"quant.lqer_top_k": 2}, {"pgolf.quant.lqer"}),
     "official_int8": ({"quant.scheme": "official_int8"}, {"pgolf.quant.official_int8", "pgolf.artifact.official_int8"}),
     "official_sum": ({"train.val_sum": "official"}, {"pgolf.eval.official"}),
+    "fused_loss": ({"model.loss_impl": "fused"}, {"triton_kernels.softcap_ce", "triton_kernels.softcap_ce.ops"}),
     "rans": ({"quant.codec": "rans"}, {"pgolf.submit.native"}),
 }
 
