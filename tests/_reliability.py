@@ -9,6 +9,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from _tiny import tiny_values
 from pgolf.cli import main as cli_main
 
 
@@ -43,19 +44,8 @@ def assert_clear(answer: Answer, pattern: str) -> str:
 
 
 def tiny_sets(data: Path, run_dir: Path, **extra) -> list[str]:
-    """``--set`` arguments of a 2-layer, width-32 run of a few steps on ``data`` (an embedded build)."""
-    values = {
-        "data.train_glob": f"{data}/train_*.bin", "data.val_glob": f"{data}/val_*.bin",
-        "data.tokenizer": f"{data}/tokenizer.model", "data.embedded_default": "false",
-        "model.vocab_size": 512, "model.num_layers": 2, "model.model_dim": 32, "model.num_heads": 2,
-        "model.num_kv_heads": 1, "train.seq_len": 32, "train.train_batch_tokens": 256,
-        "train.micro_batch_tokens": 256, "train.iterations": 4, "train.val_loss_every": 0,
-        "train.val_max_tokens": 2048, "train.val_batch_size": 2048, "train.checkpoint_every": 2,
-        "train.max_wallclock_seconds": 0, "train.warmdown_iters": 2, "train.train_log_every": 1,
-        "train.run_dir": str(run_dir), "optim.muon_momentum_warmup_steps": 2, "train.kernels": "torch",
-    }
-    values.update(extra)
-    return [arg for k, v in values.items() for arg in ("--set", f"{k}={v}")]
+    """``--set`` arguments of the tiny configuration (:func:`_tiny.tiny_values`) on ``data``."""
+    return [arg for k, v in tiny_values(data, run_dir, **extra).items() for arg in ("--set", f"{k}={v}")]
 
 
 def train(data: Path, run_dir: Path, *flags: str, **extra) -> Answer:

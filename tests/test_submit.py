@@ -25,6 +25,7 @@ import pytest
 import torch
 from packaging.requirements import Requirement
 
+from _tiny import tiny_sets as shared_tiny_sets
 from pgolf.artifact.format import load_artifact
 from pgolf.cli import main as cli_main
 from pgolf.config import ConfigError, load_config
@@ -66,16 +67,11 @@ def data(tmp_path_factory, sp1024_path) -> Path:
 
 
 def tiny_sets(data: Path, run_dir: Path, **extra) -> list[str]:
-    values = {"data.train_glob": f"{data}/fineweb_train_*.bin", "data.val_glob": f"{data}/fineweb_val_*.bin",
-              "data.tokenizer": f"{data}/tok.model", "data.embedded_default": "false", "model.vocab_size": 1024,
-              "model.num_layers": 2, "model.model_dim": 32, "model.num_heads": 2, "model.num_kv_heads": 1,
-              "train.seq_len": 32, "train.train_batch_tokens": 256, "train.micro_batch_tokens": 256,
-              "train.iterations": 4, "train.val_loss_every": 0, "train.val_batch_size": 4096,
-              "train.max_wallclock_seconds": 0, "train.warmdown_iters": 2, "train.train_log_every": 1,
-              "train.run_dir": str(run_dir), "optim.muon_momentum_warmup_steps": 2, "train.kernels": "torch",
-              "quant.codec": "zlib", "data.verify_manifest": "false"}  # hand-written shards: no manifest
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
+    """The shared tiny run (:mod:`_tiny`) on the official-tokenizer shards (hand-written: no manifest)."""
+    return shared_tiny_sets(data, run_dir, train_glob="fineweb_train_*.bin", val_glob="fineweb_val_*.bin",
+                            tokenizer="tok.model", vocab_size=1024,
+                            **{"train.val_batch_size": 4096, "quant.codec": "zlib", "data.verify_manifest": "false",
+                               **extra})
 
 
 @pytest.fixture(scope="module")

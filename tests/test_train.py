@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _tiny import tiny_sets as shared_tiny_sets
 from pgolf.train.checkpoint import load_checkpoint
 from pgolf.cli import main as cli_main
 from pgolf.config import load_config
@@ -29,18 +30,10 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def tiny_sets(data: Path, run_dir: Path, **extra) -> list[str]:
-    values = {
-        "data.train_glob": f"{data}/train_*.bin", "data.val_glob": f"{data}/val_*.bin",
-        "data.tokenizer": f"{data}/tokenizer.model", "data.embedded_default": "false",
-        "model.vocab_size": 512, "model.num_layers": 2, "model.model_dim": 32, "model.num_heads": 2,
-        "model.num_kv_heads": 1, "train.seq_len": 32, "train.train_batch_tokens": 256,
-        "train.micro_batch_tokens": 256, "train.iterations": 8, "train.val_loss_every": 4,
-        "train.val_max_tokens": 2048, "train.val_batch_size": 2048, "train.checkpoint_every": 4,
-        "train.max_wallclock_seconds": 0, "train.warmdown_iters": 3, "train.train_log_every": 1,
-        "train.run_dir": str(run_dir), "optim.muon_momentum_warmup_steps": 4, "train.kernels": "torch",
-    }
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
+    """The shared tiny run (:mod:`_tiny`), 8 steps with validation and a checkpoint every 4."""
+    return shared_tiny_sets(data, run_dir, **{"train.iterations": 8, "train.val_loss_every": 4,
+                                              "train.checkpoint_every": 4, "train.warmdown_iters": 3,
+                                              "optim.muon_momentum_warmup_steps": 4, **extra})
 
 
 def train_losses(run_dir: Path) -> list[float]:
