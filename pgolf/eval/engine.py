@@ -120,16 +120,16 @@ def check_log_probs(lp: Any, batch: ChunkBatch, predictor: Predictor) -> torch.T
 def evaluate_geometry(geometry: Geometry | Plan, predictor: Predictor, tokens: Any, table: ByteTable | None = None,
                       *, byte_counts: Any = None, device: torch.device | str = "cpu", batch_tokens: int = 65536,
                       batch_lanes: int = 64, pack_rows: bool = False, rank: int = 0, world_size: int = 1,
-                      max_seconds: float = 0.0,
-                      fallback: Predictor | None = None, record: bool = False, capture: Iterable[int] = (),
-                      clock: Callable[[], float] = time.perf_counter) -> EvalResult:
+                      max_seconds: float = 0.0, fallback: Predictor | None = None, record: bool = False,
+                      capture: Iterable[int] = (), clock: Callable[[], float] = time.perf_counter) -> EvalResult:
     """Score every target of ``tokens`` once with ``predictor`` under ``geometry``; global totals.
 
     ``byte_counts`` (per-token bytes, ``len(tokens)`` long) replaces ``table``. ``batch_tokens``
     caps a step's padded tokens (stateless predictors), ``batch_lanes`` the documents scored side
     by side (adaptive ones); ``pack_rows`` packs a stateless predictor's ``doc`` rows several to a
-    forward row (:mod:`pgolf.eval.schedule`). ``record`` keeps a :class:`TokenRecord`; ``capture`` positions get
-    their full log-probabilities kept (this rank's). See the module docstring for the budget.
+    forward row (:mod:`pgolf.eval.schedule`). ``record`` keeps a :class:`TokenRecord`; ``capture``
+    positions get their full log-probabilities kept (this rank's). See the module docstring for the
+    budget.
     """
     device = torch.device(device)
     toks = _as_stream(tokens, "tokens")
@@ -204,7 +204,8 @@ def _lay_out(tokens: torch.Tensor, ctx: np.ndarray, lengths: np.ndarray, row: np
     which = np.repeat(np.arange(len(lengths)), lengths)
     j = np.arange(len(which)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     out = torch.zeros(shape, dtype=torch.int64)
-    out[torch.from_numpy(row[which]), torch.from_numpy(offset[which] + j)] = tokens[torch.from_numpy(ctx[which] + j)]
+    out[torch.from_numpy(row[which]), torch.from_numpy(offset[which] + j)] = \
+        tokens[torch.from_numpy(ctx[which] + j)].cpu()
     return out
 
 
