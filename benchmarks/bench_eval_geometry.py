@@ -5,15 +5,19 @@ Contenders (same geometry, same model, same stream):
     plan as its own batch-1 forward over its context, NLL gathered at the chunk's targets;
   * ``pgolf engine``: :func:`pgolf.eval.engine.evaluate_geometry` with
     :class:`~pgolf.eval.predictor.PlainModel` (document prefixes computed once, rows batched up
-    to ``batch_tokens`` padded tokens, documents sorted by length).
+    to ``batch_tokens`` padded tokens, documents sorted by length);
+  * ``pgolf engine, packed rows``: the same with ``pack_rows=True`` (``eval.pack_rows``): ``doc``
+    rows packed several to a forward row behind a document mask (masked SDPA on a CPU, flash-attn
+    varlen on CUDA when installed); on ``sliding`` it is the plain engine (nothing to pack).
 
 Both return ``(total NLL, targets, device type)``; the check wants the same count and the NLL
 within 1e-5 relative in float32 on a CPU, 2e-3 under bf16 autocast on a GPU (the batched forward
 rounds differently). Tokens per second = targets / time.
 
 Cases: ``tiny`` (CPU smoke test) a 2-layer width-32 model on 600 tokens; ``full`` the demo
-preset's model (4 x 128, vocab 512, window 256: doc chunk 48, sliding stride 64) on 65,536 tokens,
-and the baseline's 9 x 512 model with vocab 8192 at the record's eval shapes (window 2048, doc
+preset's model (4 x 128, vocab 512, window 256: doc chunk 48, sliding stride 64; and doc at the
+record's window 2048, where length-sorted rows are about half padding and packing pays) on 65,536
+tokens, and the baseline's 9 x 512 model with vocab 8192 at the record's eval shapes (window 2048, doc
 chunk 48, sliding stride 64) on 65,536 tokens (GPU). Documents have geometric lengths (mean 600
 tokens). FLOPs: ``2 * matrix parameters * targets``, the forward work if every target were
 computed once.
@@ -73,6 +77,7 @@ def _case(name: str, shape: dict, geometry, num_tokens: int, batch_tokens: int) 
 def demo_cases(num_tokens: int = 65_536) -> list[Case]:
     """The demo model's cases (also what ``python -m benchmarks.bench_eval_geometry`` times on a CPU)."""
     return [_case("doc_C48_W256_demo", DEMO, Doc(48, 256, BOS), num_tokens, 16_384),
+            _case("doc_C48_W2048_demo", DEMO, Doc(48, 2048, BOS), num_tokens, 16_384),
             _case("sliding_W256_S64_demo", DEMO, Sliding(256, 64), num_tokens, 16_384)]
 
 
@@ -98,11 +103,16 @@ def one_forward_per_window(model: GPT, tokens: torch.Tensor, geometry, batch_tok
     return float(total), count, device.type
 
 
-def pgolf_engine(model: GPT, tokens: torch.Tensor, geometry, batch_tokens: int) -> tuple[float, int, str]:
+def pgolf_engine(model: GPT, tokens: torch.Tensor, geometry, batch_tokens: int,
+                 pack_rows: bool = False) -> tuple[float, int, str]:
     device = next(model.parameters()).device
     score = evaluate_geometry(geometry, PlainModel(model, device), tokens, byte_counts=torch.ones_like(tokens),
-                              device=device, batch_tokens=batch_tokens).score
+                              device=device, batch_tokens=batch_tokens, pack_rows=pack_rows).score
     return score.nll, score.tokens, device.type
+
+
+def pgolf_engine_packed(model: GPT, tokens: torch.Tensor, geometry, batch_tokens: int) -> tuple[float, int, str]:
+    return pgolf_engine(model, tokens, geometry, batch_tokens, pack_rows=True)
 
 
 def check(out, ref) -> str | None:
@@ -117,7 +127,8 @@ def check(out, ref) -> str | None:
 BENCHMARK = Benchmark(
     name="eval_geometry",
     cases=cases,
-    contenders=[Contender("one forward per window", one_forward_per_window), Contender("pgolf engine", pgolf_engine)],
+    contenders=[Contender("one forward per window", one_forward_per_window), Contender("pgolf engine", pgolf_engine),
+                Contender("pgolf engine, packed rows", pgolf_engine_packed)],
     reference=one_forward_per_window,
     check=check,
     baseline="one forward per window",
@@ -133,15 +144,20 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="eval geometries on the CPU at the demo model's shapes")
     parser.add_argument("--tokens", type=int, default=65_536)
+    parser.add_argument("--case", action="append", help="time only this case (repeatable; default: all)")
     args = parser.parse_args(argv)
     device = torch.device("cpu")
-    bench = Benchmark(**{**BENCHMARK.__dict__, "cases": lambda size: demo_cases(args.tokens)})
+    chosen = [c for c in demo_cases(args.tokens) if not args.case or c.name in args.case]
+    if not chosen:
+        parser.error(f"--case: no demo case named {args.case}; cases: "
+                     f"{', '.join(c.name for c in demo_cases(args.tokens))}")
+    bench = Benchmark(**{**BENCHMARK.__dict__, "cases": lambda size: chosen})
     timing = default_timing(device)
     rows = run_benchmark(bench, size="full", device=device, peaks=measure_peaks(device),
                          timing=type(timing)(**{**timing.__dict__, "min_reps": 1, "max_rotate": 1}))
     for r in rows:
         rate = f"{args.tokens / (r.time_ms / 1000):,.0f} tokens/s" if r.time_ms else r.message
-        print(f"{r.case:<24} {r.contender:<24} {r.status:<8} {r.time_ms or 0:>10.0f} ms  {rate:>18}  "
+        print(f"{r.case:<24} {r.contender:<26} {r.status:<8} {r.time_ms or 0:>10.0f} ms  {rate:>18}  "
               f"speedup {r.speedup or 0:.2f}x")
 
 

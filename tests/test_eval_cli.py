@@ -72,6 +72,29 @@ def test_eval_command_scores_every_mode(checkpoint_and_val, capsys, tmp_path):
     assert _scores(capsys.readouterr().out)["sliding"] == scores["sliding"]
 
 
+def test_pack_rows_flag_packs_and_keeps_the_score(checkpoint_and_val, capsys, monkeypatch):
+    """``--pack-rows`` (eval.pack_rows=true) reaches the schedule of ``pgolf eval`` and ``pgolf
+    audit``; the doc score stays (per-token agreement is tests/test_eval_packed.py's)."""
+    import pgolf.eval.engine as engine
+
+    _, common = checkpoint_and_val
+    packs, build = [], engine.build_schedule
+    monkeypatch.setattr(engine, "build_schedule", lambda plan, **kw: packs.append(kw["pack"]) or build(plan, **kw))
+    assert cli_main(["eval", *common, "--mode", "doc", "--chunk", "8"]) == 0
+    plain = _scores(capsys.readouterr().out)["doc"]
+    assert set(packs) == {False}
+    assert cli_main(["eval", *common, "--mode", "doc", "--chunk", "8", "--pack-rows"]) == 0
+    assert _scores(capsys.readouterr().out)["doc"] == pytest.approx(plain, rel=1e-6, abs=0)
+    assert packs[-1] is True
+    assert load_config("demo", sets=["eval.pack_rows=true"]).eval.pack_rows is True
+    packs.clear()
+    rc = cli_main(["audit", *common, "--mode", "doc", "--chunk", "8", "--positions", "3", "--max-tokens", "400",
+                   "--pack-rows"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "verdict: LEGAL" in out, out
+    assert packs and all(packs)
+
+
 def test_eval_command_bad_mode_is_a_config_error(checkpoint_and_val, capsys):
     _, common = checkpoint_and_val
     assert cli_main(["eval", *common, "--mode", "doc", "--chunk", "100"]) == 2

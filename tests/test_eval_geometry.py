@@ -2,7 +2,7 @@
 
 Properties over random stream lengths, document layouts, windows, strides and chunks (including
 streams shorter than one window, a last window shorter than the stride and documents longer than
-the window), checked on the plan, on both schedules and through the engine.
+the window), checked on the plan, on both schedules (and the packed one) and through the engine.
 """
 import numpy as np
 import pytest
@@ -85,13 +85,31 @@ def test_plan_scores_every_target_once(toks, geo):
     check_plan(geo, toks)
 
 
+def check_packing(plan, step, batch_tokens, seq):
+    """A packed step: each forward row holds its pieces side by side from column 0 without overlap,
+    no wider than the plan's longest row, at most ``batch_tokens`` tokens (or one forward row), and
+    its pieces numbered from the last column to the first."""
+    capacity = int((plan.stop - 1 - plan.ctx).max())
+    assert step.width <= capacity and step.padded_tokens <= max(batch_tokens, capacity)
+    targets = step.stop - step.start
+    before = np.cumsum(targets) - targets  # targets of the earlier pieces of the step
+    first_chunk = np.searchsorted(np.cumsum(plan.stop[step.chunks] - plan.start[step.chunks]), before, side="right")
+    for r in range(step.forward_rows):
+        mine = np.flatnonzero(step.pack_row == r)
+        assert len(mine), "no empty forward row"
+        by_col = mine[np.argsort(step.pack_offset[mine])]
+        ends = step.pack_offset[by_col] + step.lengths[by_col]
+        assert step.pack_offset[by_col[0]] == 0 and (step.pack_offset[by_col[1:]] == ends[:-1]).all()
+        assert (np.diff(seq[step.chunks[first_chunk[by_col]]]) < 0).all()
+
+
 @settings(max_examples=100, deadline=None)
-@given(streams(), geometries(), st.booleans(), st.integers(1, 200), st.integers(1, 5))
-def test_schedule_scores_every_chunk_once(toks, geo, stateless, batch_tokens, batch_lanes):
+@given(streams(), geometries(), st.booleans(), st.integers(1, 200), st.integers(1, 5), st.booleans())
+def test_schedule_scores_every_chunk_once(toks, geo, stateless, batch_tokens, batch_lanes, pack):
     if isinstance(geo, Doc) and not (toks == BOS).any():
         return
     plan = geo.plan(toks)
-    sched = build_schedule(plan, stateless=stateless, batch_tokens=batch_tokens, batch_lanes=batch_lanes)
+    sched = build_schedule(plan, stateless=stateless, batch_tokens=batch_tokens, batch_lanes=batch_lanes, pack=pack)
     chunks = np.concatenate([s.chunks for s in sched.steps]) if sched.steps else np.zeros(0, int)
     assert sorted(chunks.tolist()) == list(range(len(plan)))
     assert sorted(sched.seq.tolist()) == list(range(len(plan)))
@@ -104,6 +122,9 @@ def test_schedule_scores_every_chunk_once(toks, geo, stateless, batch_tokens, ba
             assert len(s.chunks) == len(s.ctx)  # one chunk per row: update between a lane's chunks
         if not plan.pad:
             assert len(set((s.stop - 1 - s.ctx).tolist())) == 1
+        assert (s.pack_row is not None) == (pack and stateless and plan.pad)
+        if s.pack_row is not None:
+            check_packing(plan, s, batch_tokens, sched.seq)
     for world in (1, 2, 3):
         owned = sorted(g for r in range(world) for g in sched.groups_of_rank(r, world))
         assert owned == list(range(len(sched.groups)))
@@ -129,6 +150,16 @@ class Recorder:
                 assert not (batch.inputs[b, 1:n] == BOS).any()
         assert torch.equal(batch.positions, batch.context_start[batch.rows] + batch.cols + 1)
         assert (batch.cols < batch.lengths[batch.rows]).all()
+        if batch.packed is not None:  # the same rows side by side, each piece start marked
+            p = batch.packed
+            starts = torch.zeros_like(p.starts)
+            for b in range(batch.inputs.shape[0]):
+                n, r, o = int(batch.lengths[b]), int(p.row[b]), int(p.offset[b])
+                assert torch.equal(p.inputs[r, o:o + n], batch.inputs[b, :n])
+                starts[r, o] = True
+            assert torch.equal(starts, p.starts)
+            assert torch.equal(p.inputs[p.row[batch.rows], p.offset[batch.rows] + batch.cols],
+                               self.toks[batch.positions - 1])
         return torch.full((batch.num_scored, V), -float(np.log(V)))
 
     def update(self, scored):
@@ -137,13 +168,13 @@ class Recorder:
 
 
 @settings(max_examples=80, deadline=None)
-@given(streams(), geometries(), st.booleans(), st.integers(1, 120))
-def test_engine_scores_every_target_once(toks, geo, stateless, batch_tokens):
+@given(streams(), geometries(), st.booleans(), st.integers(1, 120), st.booleans())
+def test_engine_scores_every_target_once(toks, geo, stateless, batch_tokens, pack):
     if isinstance(geo, Doc) and not (toks == BOS).any():
         return
     pred = Recorder(toks, isinstance(geo, Doc), stateless)
     res = evaluate_geometry(geo, pred, toks, byte_counts=np.ones(len(toks), np.int64), batch_tokens=batch_tokens,
-                            batch_lanes=3, record=True)
+                            batch_lanes=3, pack_rows=pack, record=True)
     m = max(len(toks) - 1, 0)
     assert res.score.tokens == m and res.score.bytes == m
     assert (res.record.count[1:] == 1).all() and res.record.count[:1].sum() == 0

@@ -302,7 +302,7 @@ def test_documents_are_isolated_and_a_smear_without_the_bos_mask_leaks(monkeypat
     ids[0, [0, 7, 8, 20, 33]] = BOS  # includes a one-token document
     assert leaked_positions(model, ids) == []
 
-    def smear_without_bos_mask(self, e, input_ids):
+    def smear_without_bos_mask(self, e, input_ids, starts=None):
         cur, prev = e[:, 1:], e[:, :-1]
         gate = self.lam.to(e.dtype) * torch.sigmoid(F.linear(cur[..., : self.window], self.weight.to(e.dtype)))
         return torch.cat((e[:, :1], cur + gate * prev), dim=1)
@@ -371,7 +371,7 @@ def test_varlen_branch_gets_the_segments_as_cu_seqlens(monkeypatch):
             block.attn._flash_varlen = fake_varlen
         spans = document_spans(ids, bos_id=BOS, max_segment=cfg.max_segment, varlen=True)
         assert isinstance(spans, DocumentSpans) and spans.cu_seqlens.numel() % 64 == 0
-        monkeypatch.setattr(GPT, "_document_spans", lambda self, x: spans)
+        monkeypatch.setattr(GPT, "_document_spans", lambda self, x, piece_starts=None: spans)
         got = model.logits(ids)
     assert torch.allclose(got, expected, **TOL)
 

@@ -24,11 +24,13 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     for flag, key in (("--window", "window"), ("--stride", "stride"), ("--chunk", "chunk"),
                       ("--batch-docs", "batch_docs"), ("--max-seconds", "max_seconds")):
         p.add_argument(flag, dest=key, metavar="N", help=f"eval.{key}")
+    p.add_argument("--pack-rows", dest="pack_rows", action="store_const", const="true",
+                   help="eval.pack_rows=true: doc mode packs several documents into each forward row")
 
 
 def eval_sets(args: argparse.Namespace) -> list[str]:
     """``--set`` items for the ``eval.*`` shortcuts given on the command line."""
-    keys = ("mode", "window", "stride", "chunk", "batch_docs", "max_seconds")
+    keys = ("mode", "window", "stride", "chunk", "batch_docs", "max_seconds", "pack_rows")
     return [f"eval.{k}={getattr(args, k)}" for k in keys if getattr(args, k) is not None]
 
 
@@ -184,7 +186,7 @@ def run_audit(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
                        geometry_for(cfg, mode), byte_counts=counts, num_positions=args.positions, seed=args.seed,
                        bos_id=cfg.eval.bos_id, device=x.device,
                        batch_tokens=cfg.eval.batch_tokens or cfg.train.val_batch_size,
-                       batch_lanes=cfg.eval.batch_docs, tolerance=args.tolerance)
+                       batch_lanes=cfg.eval.batch_docs, pack_rows=cfg.eval.pack_rows, tolerance=args.tolerance)
         report.mode = mode  # the geometry's name, with its predictors
         print(report.table())
         reports.append(report)

@@ -248,6 +248,7 @@ class EvalConfig:
     batch_tokens: int = 0  # padded tokens per forward; 0: train.val_batch_size
     bos_id: int = 1
     max_seconds: float = 0.0  # 0: no budget; past it the plain model scores the rest (counted)
+    pack_rows: bool = False  # doc mode, plain model: several documents per forward row behind a document mask
 
 
 TTT_PLACES = ("q", "k", "v", "o", "mlp", "head")

@@ -137,10 +137,11 @@ def audit(make_predictor: Callable[[], Predictor], tokens: Any, table: ByteTable
           geometry: Geometry | Plan | Callable[[torch.Tensor], Plan], *, byte_counts: Any = None,
           positions: list[int] | None = None, num_positions: int = 6, num_normalisation: int = 32, seed: int = 0,
           bos_id: int = 1, tolerance: float = 0.0, device: torch.device | str = "cpu", batch_tokens: int = 65536,
-          batch_lanes: int = 64) -> AuditReport:
+          batch_lanes: int = 64, pack_rows: bool = False) -> AuditReport:
     """Audit an evaluation path: the engine with predictors from ``make_predictor`` (a fresh one per
     run) under ``geometry`` on ``tokens`` (module docstring). ``geometry`` may also be a function
-    from the token stream to a :class:`Plan` (for custom scoring orders)."""
+    from the token stream to a :class:`Plan` (for custom scoring orders); ``pack_rows`` audits the
+    packed batching (:mod:`pgolf.eval.schedule`)."""
     toks = torch.as_tensor(np.asarray(tokens), dtype=torch.int64).clone()
     gen = np.random.default_rng(seed)
     positions = pick_positions(toks, bos_id, num_positions, seed) if positions is None else list(positions)
@@ -154,7 +155,8 @@ def audit(make_predictor: Callable[[], Predictor], tokens: Any, table: ByteTable
 
     def run(t: torch.Tensor, predictor: Predictor, capture: list[int] = ()) -> EvalResult:
         return evaluate_geometry(plan_of(t), predictor, t, table, byte_counts=byte_counts, device=device,
-                                 batch_tokens=batch_tokens, batch_lanes=batch_lanes, record=True, capture=capture)
+                                 batch_tokens=batch_tokens, batch_lanes=batch_lanes, pack_rows=pack_rows, record=True,
+                                 capture=capture)
 
     base = run(toks, make_predictor(), positions + sample)
     rec = base.record

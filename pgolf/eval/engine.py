@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from pgolf.data.tokenizer import ByteTable
 from pgolf.eval.geometry import Geometry, Plan
-from pgolf.eval.predictor import ChunkBatch, Predictor, ScoredBatch, finish_predictor
+from pgolf.eval.predictor import ChunkBatch, PackedRows, Predictor, ScoredBatch, finish_predictor
 from pgolf.eval.schedule import Schedule, Step, build_schedule
 from pgolf.eval.scoring import BpbAccumulator, Score, token_bytes
 from pgolf.util.device import sync
@@ -123,15 +123,17 @@ def check_log_probs(lp: Any, batch: ChunkBatch, predictor: Predictor) -> torch.T
 
 def evaluate_geometry(geometry: Geometry | Plan, predictor: Predictor, tokens: Any, table: ByteTable | None = None,
                       *, byte_counts: Any = None, device: torch.device | str = "cpu", batch_tokens: int = 65536,
-                      batch_lanes: int = 64, rank: int = 0, world_size: int = 1, max_seconds: float = 0.0,
-                      fallback: Predictor | None = None, record: bool = False, capture: Iterable[int] = (),
-                      clock: Callable[[], float] = time.perf_counter) -> EvalResult:
+                      batch_lanes: int = 64, pack_rows: bool = False, rank: int = 0, world_size: int = 1,
+                      max_seconds: float = 0.0, fallback: Predictor | None = None, record: bool = False,
+                      capture: Iterable[int] = (), clock: Callable[[], float] = time.perf_counter) -> EvalResult:
     """Score every target of ``tokens`` once with ``predictor`` under ``geometry``; global totals.
 
     ``byte_counts`` (per-token bytes, ``len(tokens)`` long) replaces ``table``. ``batch_tokens``
     caps a step's padded tokens (stateless predictors), ``batch_lanes`` the documents scored side
-    by side (adaptive ones). ``record`` keeps a :class:`TokenRecord`; ``capture`` positions get
-    their full log-probabilities kept (this rank's). See the module docstring for the budget.
+    by side (adaptive ones); ``pack_rows`` packs a stateless predictor's ``doc`` rows several to a
+    forward row (:mod:`pgolf.eval.schedule`). ``record`` keeps a :class:`TokenRecord`; ``capture``
+    positions get their full log-probabilities kept (this rank's). See the module docstring for the
+    budget.
     """
     device = torch.device(device)
     toks = _as_stream(tokens, "tokens")
@@ -146,8 +148,8 @@ def evaluate_geometry(geometry: Geometry | Plan, predictor: Predictor, tokens: A
     if max_seconds > 0 and fallback is None:
         raise ValueError("a time budget (max_seconds > 0) needs a fallback predictor for the chunks past it")
     plan = geometry if isinstance(geometry, Plan) else geometry.plan(toks)
-    schedule = build_schedule(plan, stateless=bool(getattr(predictor, "stateless", False)),
-                              batch_tokens=batch_tokens, batch_lanes=batch_lanes)
+    schedule = schedule_of(plan, toks, predictor, batch_tokens=batch_tokens, batch_lanes=batch_lanes,
+                           pack_rows=pack_rows)
     my_steps = [s for g in schedule.groups_of_rank(rank, world_size) for s in schedule.groups[g]]
     acc = BpbAccumulator(table, device=device, slots=max(len(schedule.steps), 1))
     rec = TokenRecord.empty(len(toks)) if record else None
@@ -202,13 +204,34 @@ def evaluate_geometry(geometry: Geometry | Plan, predictor: Predictor, tokens: A
     return result
 
 
+def _lay_out(tokens: torch.Tensor, ctx: np.ndarray, lengths: np.ndarray, row: np.ndarray, offset: np.ndarray,
+             shape: tuple[int, int]) -> torch.Tensor:
+    """Int64 ``shape`` of zeros holding ``tokens[ctx[b] : ctx[b] + lengths[b]]`` in row ``row[b]``
+    from column ``offset[b]``, for every ``b``."""
+    which = np.repeat(np.arange(len(lengths)), lengths)
+    j = np.arange(len(which)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out = torch.zeros(shape, dtype=torch.int64)
+    out[torch.from_numpy(row[which]), torch.from_numpy(offset[which] + j)] = \
+        tokens[torch.from_numpy(ctx[which] + j)].cpu()
+    return out
+
+
 def make_batch(step: Step, tokens: torch.Tensor, seq: np.ndarray, chunk_sizes: np.ndarray,
                device: torch.device) -> ChunkBatch:
-    """The :class:`ChunkBatch` of ``step`` (inputs right-padded with 0)."""
-    lengths = step.stop - 1 - step.ctx
-    inputs = torch.zeros(len(lengths), step.width, dtype=torch.int64)
-    for b, (c, n) in enumerate(zip(step.ctx.tolist(), lengths.tolist())):
-        inputs[b, :n] = tokens[c:c + n]
+    """The :class:`ChunkBatch` of ``step`` (inputs right-padded with 0; :class:`PackedRows` too
+    when the step is packed)."""
+    lengths = step.lengths
+    num = len(lengths)
+    inputs = _lay_out(tokens, step.ctx, lengths, np.arange(num), np.zeros(num, np.int64), (num, int(lengths.max())))
+    packed = None
+    if step.pack_row is not None:
+        shape = (step.forward_rows, step.width)
+        starts = torch.zeros(shape, dtype=torch.bool)
+        starts[torch.from_numpy(step.pack_row), torch.from_numpy(step.pack_offset)] = True
+        packed = PackedRows(inputs=_lay_out(tokens, step.ctx, lengths, step.pack_row, step.pack_offset, shape)
+                            .to(device), starts=starts.to(device),
+                            row=torch.from_numpy(step.pack_row).to(device),
+                            offset=torch.from_numpy(step.pack_offset).to(device))
     rows = np.repeat(np.arange(len(lengths)), step.stop - step.start)
     positions = np.concatenate([np.arange(a, z) for a, z in zip(step.start.tolist(), step.stop.tolist())])
     cols = positions - 1 - step.ctx[rows]
@@ -218,12 +241,13 @@ def make_batch(step: Step, tokens: torch.Tensor, seq: np.ndarray, chunk_sizes: n
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
 
     return ChunkBatch(inputs=inputs.to(device), lengths=put(lengths), context_start=put(step.ctx),
-                      lanes=put(step.lane), rows=put(rows), cols=put(cols), positions=put(positions), seqs=put(seqs))
+                      lanes=put(step.lane), rows=put(rows), cols=put(cols), positions=put(positions), seqs=put(seqs),
+                      packed=packed)
 
 
 def schedule_of(geometry: Geometry | Plan, tokens: Any, predictor: Predictor, *, batch_tokens: int,
-                batch_lanes: int) -> Schedule:
+                batch_lanes: int, pack_rows: bool = False) -> Schedule:
     """The schedule :func:`evaluate_geometry` would run (for inspection and benchmarks)."""
     plan = geometry if isinstance(geometry, Plan) else geometry.plan(_as_stream(tokens, "tokens"))
     return build_schedule(plan, stateless=bool(getattr(predictor, "stateless", False)),
-                          batch_tokens=batch_tokens, batch_lanes=batch_lanes)
+                          batch_tokens=batch_tokens, batch_lanes=batch_lanes, pack=pack_rows)

@@ -87,8 +87,9 @@ def evaluate_modes(model: GPT, tokens: Any, table: ByteTable | None, cfg: RunCon
     model.eval()
     plain = PlainModel(model, device)
     batch_tokens = cfg.eval.batch_tokens or cfg.train.val_batch_size
-    kw = dict(device=device, batch_tokens=batch_tokens, batch_lanes=cfg.eval.batch_docs, rank=rank,
-              world_size=world_size, max_seconds=cfg.eval.max_seconds, fallback=plain)
+    kw = dict(device=device, batch_tokens=batch_tokens, batch_lanes=cfg.eval.batch_docs,
+              pack_rows=cfg.eval.pack_rows, rank=rank, world_size=world_size, max_seconds=cfg.eval.max_seconds,
+              fallback=plain)
     results = {}
     try:
         for mode in cfg.eval_modes():

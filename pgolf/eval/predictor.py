@@ -22,6 +22,12 @@ chunks that share a context in one row (one forward for a document prefix instea
 chunk). Adaptive predictors (LoRA test-time training, a neural cache) set ``stateless = False``
 and get one chunk per row, each document's chunks in order, ``update`` between them.
 
+Packed rows (``eval.pack_rows``, stateless predictors, ``doc`` mode): a batch may also carry
+:class:`PackedRows`, the same rows laid side by side in fewer, fuller forward rows. A predictor may
+ignore it (every other field keeps its meaning) or run its forward on the packed layout, keeping
+each piece apart from its neighbours (no attention, smear or position across a piece start), as
+:class:`PlainModel` does.
+
 :class:`PlainModel` is the first predictor: the trained model, unchanged by what it scores.
 
 Optional: a predictor with a method ``finish(*, out_of_time: bool)`` is told when the engine stops
@@ -47,6 +53,19 @@ from pgolf.util.device import autocast_for
 
 
 @dataclass(frozen=True)
+class PackedRows:
+    """A batch's rows packed several to a forward row: row ``b`` of the batch is
+    ``inputs[row[b], offset[b] : offset[b] + lengths[b]]``; ``starts`` is true at each such first
+    column (every piece an independent context), and the padding after a forward row's last piece
+    is never scored."""
+
+    inputs: torch.Tensor  # [R, Lp] int64
+    starts: torch.Tensor  # [R, Lp] bool
+    row: torch.Tensor  # [B] int64
+    offset: torch.Tensor  # [B] int64
+
+
+@dataclass(frozen=True)
 class ChunkBatch:
     """One step's rows. Row ``b`` holds the context ``inputs[b, :lengths[b]]`` (stream positions
     ``context_start[b] ...``), right-padded with token 0 to ``L`` columns; the padding is never
@@ -55,6 +74,8 @@ class ChunkBatch:
     - ``rows[i], cols[i]``: the input position whose next-token distribution is scored;
     - ``positions[i]``: the stream position of its target (``context_start[rows[i]] + cols[i] + 1``);
     - ``seqs[i]``: the sequence number of its chunk (the chunk's index in engine order).
+
+    ``packed``: the same rows packed into fewer forward rows (module docstring), or None.
     """
 
     inputs: torch.Tensor  # [B, L] int64
@@ -65,6 +86,7 @@ class ChunkBatch:
     cols: torch.Tensor  # [n] int64
     positions: torch.Tensor  # [n] int64
     seqs: torch.Tensor  # [n] int64
+    packed: PackedRows | None = None
 
     @property
     def num_scored(self) -> int:
@@ -115,7 +137,8 @@ def finish_predictor(predictor: object, *, out_of_time: bool) -> None:
 class PlainModel:
     """The model as trained: ``log_softmax`` of its logits, in inference mode, nothing adapted.
 
-    The output head runs only on the scored positions' hidden states.
+    The output head runs only on the scored positions' hidden states. A packed batch runs on its
+    forward rows, the piece starts passed to the model (:meth:`GPT.hidden_states`).
     """
 
     stateless = True
@@ -128,7 +151,12 @@ class PlainModel:
 
     def log_probs_and_hidden(self, batch: ChunkBatch) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode(), autocast_for(self.device):
-            h = self.model.hidden_states(batch.inputs)[batch.rows, batch.cols]  # [n, D]
+            packed = batch.packed
+            if packed is None:
+                h = self.model.hidden_states(batch.inputs)[batch.rows, batch.cols]  # [n, D]
+            else:
+                h = self.model.hidden_states(packed.inputs, packed.starts)[
+                    packed.row[batch.rows], packed.offset[batch.rows] + batch.cols]
             return self.model.logits_from_hidden(h).float().log_softmax(-1), h
 
     def update(self, scored: ScoredBatch) -> None:

@@ -7,6 +7,14 @@ together (one ``log_probs`` call, then one ``update``); a *group* is the unit a 
   (a document prefix is computed once); rows go into steps in plan order, or longest first when
   the plan pads (documents), at most ``batch_tokens`` padded tokens per step (at least one row).
   Without padding a step holds rows of one length only. Each step is its own group.
+- Stateless predictor, ``pack`` (``eval.pack_rows``) and a padding plan: the rows (pieces) are
+  packed side by side into forward rows as wide as the plan's longest row (best fit, longest
+  first: each piece goes to the forward row with the least room that still holds it), and
+  consecutive forward rows form the steps (at most ``batch_tokens`` tokens, at least one forward
+  row). A piece is an independent context: the predictor keeps it apart from its neighbours
+  (:class:`~pgolf.eval.predictor.PackedRows`). Within a forward row the pieces are numbered from
+  the last column to the first, so a predictor that lets a column see an earlier piece of its row
+  makes a chunk depend on one scored after it, which the audit's causality check catches.
 - Adaptive predictor: one chunk per row. Lanes (documents) are taken longest first,
   ``batch_lanes`` at a time; such a batch is a group whose step ``j`` holds the ``j``-th chunk of
   each of its lanes that has one, so a document's chunks are scored in order with ``update``
@@ -18,7 +26,8 @@ contents, and thus every score, do not depend on the number of ranks.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,21 +37,35 @@ from pgolf.eval.geometry import Plan
 @dataclass(frozen=True)
 class Step:
     """Rows ``ctx[b] .. stop[b]-2`` of inputs scoring targets ``start[b] .. stop[b]-1``; ``chunks``
-    are the plan's chunk indices in row order (each row's chunks contiguous, in stream order)."""
+    are the plan's chunk indices in row order (each row's chunks contiguous, in stream order).
+    Packed (``pack_row`` set): row ``b`` lies in forward row ``pack_row[b]`` from column
+    ``pack_offset[b]``."""
 
     ctx: np.ndarray
     start: np.ndarray
     stop: np.ndarray
     lane: np.ndarray
     chunks: np.ndarray
+    pack_row: np.ndarray | None = None
+    pack_offset: np.ndarray | None = None
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Inputs of each row."""
+        return self.stop - 1 - self.ctx
 
     @property
     def width(self) -> int:
-        return int((self.stop - 1 - self.ctx).max())
+        """Columns of the forward: the longest row, or the fullest forward row when packed."""
+        return int((self.lengths if self.pack_row is None else self.pack_offset + self.lengths).max())
+
+    @property
+    def forward_rows(self) -> int:
+        return len(self.ctx) if self.pack_row is None else int(self.pack_row.max()) + 1
 
     @property
     def padded_tokens(self) -> int:
-        return len(self.ctx) * self.width
+        return self.forward_rows * self.width
 
 
 @dataclass(frozen=True)
@@ -73,7 +96,7 @@ def _step(plan: Plan, rows: list[np.ndarray]) -> Step:
                 chunks=np.concatenate(rows))
 
 
-def _stateless_steps(plan: Plan, batch_tokens: int) -> list[Step]:
+def _stateless_steps(plan: Plan, batch_tokens: int, pack: bool) -> list[Step]:
     if not len(plan):
         return []
     new_row = np.ones(len(plan), dtype=bool)
@@ -82,6 +105,8 @@ def _stateless_steps(plan: Plan, batch_tokens: int) -> list[Step]:
     bounds = np.flatnonzero(new_row)
     rows = np.split(np.arange(len(plan)), bounds[1:])
     lengths = [int(plan.stop[r[-1]] - 1 - plan.ctx[r[0]]) for r in rows]
+    if pack and plan.pad:
+        return _packed_steps(plan, rows, lengths, batch_tokens)
     order = sorted(range(len(rows)), key=lambda i: -lengths[i]) if plan.pad else range(len(rows))
     steps, current, width = [], [], 0
     for i in order:
@@ -94,6 +119,36 @@ def _stateless_steps(plan: Plan, batch_tokens: int) -> list[Step]:
         current.append(rows[i])
     if current:
         steps.append(_step(plan, current))
+    return steps
+
+
+def _packed_steps(plan: Plan, rows: list[np.ndarray], lengths: list[int], batch_tokens: int) -> list[Step]:
+    """Best-fit-decreasing packing of the rows into forward rows (the module docstring)."""
+    capacity = max(lengths)
+    forward: list[list[int]] = []  # the rows of each forward row, left to right
+    room: list[tuple[int, int]] = []  # (free columns, forward row), sorted; full rows leave it
+    for i in sorted(range(len(rows)), key=lambda i: -lengths[i]):
+        k = bisect.bisect_left(room, (lengths[i], -1))  # the least room that holds the row
+        if k == len(room):
+            forward.append([])
+            free, f = capacity, len(forward) - 1
+        else:
+            free, f = room.pop(k)
+        forward[f].append(i)
+        if free > lengths[i]:
+            bisect.insort(room, (free - lengths[i], f))
+    per_step = max(1, batch_tokens // capacity)
+    steps = []
+    for first in range(0, len(forward), per_step):
+        pieces, pack_row, pack_offset = [], [], []
+        for r, members in enumerate(forward[first:first + per_step]):
+            offsets = np.cumsum([0] + [lengths[i] for i in members])[:-1]
+            for i, offset in reversed(list(zip(members, offsets.tolist()))):  # last column first
+                pieces.append(rows[i])
+                pack_row.append(r)
+                pack_offset.append(offset)
+        steps.append(replace(_step(plan, pieces), pack_row=np.array(pack_row, dtype=np.int64),
+                             pack_offset=np.array(pack_offset, dtype=np.int64)))
     return steps
 
 
@@ -111,12 +166,14 @@ def _lane_groups(plan: Plan, batch_lanes: int) -> list[list[Step]]:
     return groups
 
 
-def build_schedule(plan: Plan, *, stateless: bool, batch_tokens: int, batch_lanes: int) -> Schedule:
-    """The :class:`Schedule` of ``plan`` for a stateless or an adaptive predictor (module docstring)."""
+def build_schedule(plan: Plan, *, stateless: bool, batch_tokens: int, batch_lanes: int,
+                   pack: bool = False) -> Schedule:
+    """The :class:`Schedule` of ``plan`` for a stateless or an adaptive predictor (module
+    docstring); ``pack`` packs a stateless predictor's rows of a padding plan."""
     if batch_tokens <= 0 or batch_lanes <= 0:
         raise ValueError(f"batch_tokens ({batch_tokens}) and batch_lanes ({batch_lanes}) must be positive")
     if stateless:
-        steps = _stateless_steps(plan, batch_tokens)
+        steps = _stateless_steps(plan, batch_tokens, pack)
         groups = [[i] for i in range(len(steps))]
     else:
         steps, groups = [], []

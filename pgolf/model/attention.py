@@ -6,7 +6,8 @@
 * RoPE (baseline: the whole head): the first ``r = rope_dims`` dimensions rotate, split in halves
   ``a = x[0:r/2], b = x[r/2:r]`` with ``theta_j = t * base^(-2j/r)``:
   ``(a, b) -> (a cos + b sin, -a sin + b cos)``; dimensions ``r..`` pass through (RECORD_STACK B.2.3).
-* mask: causal, or causal within a document segment (:mod:`pgolf.model.documents`).
+* mask: causal, or causal within a document segment (:mod:`pgolf.model.documents`); in a packed
+  row the RoPE position ``t`` is the index within the token's piece.
 * XSA (``xsa_last_n``, B.2.6): ``y_h <- y_h - <y_h, v^_g> v^_g`` with ``v^_g = v_g / ||v_g||`` the
   token's own value in the head's KV group ``g = h // (H / Hkv)``.
 * sparse output gate (``attn_gate``, B.2.7): ``y_h <- sigmoid(s * W_g[h] . n[0:w]) y_h`` with ``n``
@@ -129,7 +130,9 @@ class CausalSelfAttention(nn.Module):
         k = self.c_k(x).reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
         v = self.c_v(x).reshape(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = rms_norm(q), rms_norm(k)
-        cos, sin = self.rotary(T, x.device, q.dtype)
+        cos, sin = self.rotary(T, x.device, q.dtype)  # [1, 1, T, r/2]
+        if doc is not None and doc.positions is not None:  # packed pieces: positions within each piece
+            cos, sin = cos[0, 0][doc.positions].unsqueeze(1), sin[0, 0][doc.positions].unsqueeze(1)  # [B, 1, T, r/2]
         q, k = apply_rotary(q, cos, sin, self.rope_dims), apply_rotary(k, cos, sin, self.rope_dims)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
         y = self._attend(q, k, v, doc)  # [B, T, H, hd]

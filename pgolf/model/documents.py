@@ -8,6 +8,12 @@ cuts at every BOS and every 2048 tokens). Position ``q`` attends to ``k`` iff ``
 lie in the same segment, so no logit of a document depends on any token of an earlier one through
 attention.
 
+*Pieces* (packed evaluation rows, :mod:`pgolf.eval.schedule`): a row may also hold several
+independent contexts side by side, each starting where ``starts`` is true (a piece need not start
+with a BOS: a window into a long document does not). A piece start cuts like a document start
+(``max_segment`` counts from it) and, in addition, restarts the RoPE positions (``positions``:
+the index within the piece), so each piece is computed as if it were a row of its own.
+
 Two forms of the same segmentation: a boolean mask ``[B, 1, T, T]`` for scaled-dot-product
 attention (any device), and ``cu_seqlens`` over the flattened ``B * T`` tokens for flash-attn's
 varlen kernel (CUDA, when installed), padded to a multiple of :data:`CU_SEQLENS_BUCKET` entries
@@ -24,18 +30,27 @@ import torch
 CU_SEQLENS_BUCKET = 64
 
 
-def segment_ids(input_ids: torch.Tensor, *, bos_id: int, max_segment: int = 0) -> torch.Tensor:
+def segment_ids(input_ids: torch.Tensor, *, bos_id: int | None, max_segment: int = 0,
+                starts: torch.Tensor | None = None) -> torch.Tensor:
     """Segment index of every position of ``input_ids [B, T]`` (int64 ``[B, T]``, increasing along
-    each row; equal ids = same segment). See the module docstring for where segments start."""
-    is_bos = input_ids == bos_id
-    doc = is_bos.long().cumsum(1)  # [B, T]; the row's leading partial document is 0
+    each row; equal ids = same segment). See the module docstring for where segments start;
+    ``bos_id=None`` cuts at no BOS, ``starts`` (bool ``[B, T]``) adds the piece starts."""
+    is_start = input_ids == bos_id if bos_id is not None else torch.zeros_like(input_ids, dtype=torch.bool)
+    if starts is not None:
+        is_start = is_start | starts
+    doc = is_start.long().cumsum(1)  # [B, T]; the row's leading partial document is 0
     if not max_segment:
         return doc
     T = input_ids.size(1)
-    idx = torch.arange(T, device=input_ids.device).expand_as(input_ids)
-    doc_start = torch.where(is_bos, idx, torch.zeros_like(idx)).cummax(1).values  # [B, T]
-    chunk = (idx - doc_start) // max_segment
+    chunk = piece_positions(is_start) // max_segment
     return doc * (T // max_segment + 1) + chunk
+
+
+def piece_positions(starts: torch.Tensor) -> torch.Tensor:
+    """Index of every position within its piece: ``t - (the last s <= t with starts[s], else 0)``
+    (int64 ``[B, T]`` from bool ``starts [B, T]``)."""
+    idx = torch.arange(starts.size(1), device=starts.device).expand_as(starts)
+    return idx - torch.where(starts, idx, torch.zeros_like(idx)).cummax(1).values
 
 
 def segment_mask(segments: torch.Tensor) -> torch.Tensor:
@@ -65,17 +80,22 @@ def varlen_boundaries(segments: torch.Tensor) -> tuple[torch.Tensor, int]:
 @dataclass(frozen=True)
 class DocumentSpans:
     """The segmentation of one batch as attention consumes it: ``mask`` for SDPA, or
-    ``cu_seqlens``/``max_seqlen`` for flash-attn varlen (exactly one of the two is set)."""
+    ``cu_seqlens``/``max_seqlen`` for flash-attn varlen (exactly one of the two is set), and for
+    packed rows the RoPE ``positions`` (int64 ``[B, T]``; None: the index within the row)."""
 
     mask: torch.Tensor | None = None
     cu_seqlens: torch.Tensor | None = None
     max_seqlen: int = 0
+    positions: torch.Tensor | None = None
 
 
-def document_spans(input_ids: torch.Tensor, *, bos_id: int, max_segment: int, varlen: bool) -> DocumentSpans:
-    """The :class:`DocumentSpans` of ``input_ids`` (``varlen``: the flash-attn form)."""
-    seg = segment_ids(input_ids, bos_id=bos_id, max_segment=max_segment)
+def document_spans(input_ids: torch.Tensor, *, bos_id: int | None, max_segment: int, varlen: bool,
+                   starts: torch.Tensor | None = None) -> DocumentSpans:
+    """The :class:`DocumentSpans` of ``input_ids`` (``varlen``: the flash-attn form; ``starts``:
+    piece starts of packed rows, see the module docstring)."""
+    seg = segment_ids(input_ids, bos_id=bos_id, max_segment=max_segment, starts=starts)
+    positions = None if starts is None else piece_positions(starts)
     if varlen:
         cu, max_seqlen = varlen_boundaries(seg)
-        return DocumentSpans(cu_seqlens=cu, max_seqlen=max_seqlen)
-    return DocumentSpans(mask=segment_mask(seg))
+        return DocumentSpans(cu_seqlens=cu, max_seqlen=max_seqlen, positions=positions)
+    return DocumentSpans(mask=segment_mask(seg), positions=positions)

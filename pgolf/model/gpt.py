@@ -80,7 +80,7 @@ class GPT(nn.Module):
             self.parallel_post_lambdas = nn.Parameter(torch.ones(cfg.num_layers, 2, 2))
         if cfg.num_loops:
             self.register_buffer("looping", torch.ones((), dtype=torch.bool), persistent=False)
-        self._varlen = cfg.doc_attention and flash_varlen_available()
+        self._varlen = flash_varlen_available()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -100,12 +100,14 @@ class GPT(nn.Module):
             raise ValueError("set_looping: this model has no looped layers (model.num_loops=0)")
         self.looping.fill_(on)
 
-    def _document_spans(self, input_ids: torch.Tensor) -> DocumentSpans | None:
+    def _document_spans(self, input_ids: torch.Tensor, piece_starts: torch.Tensor | None) -> DocumentSpans | None:
         cfg = self.cfg
-        if not cfg.doc_attention:
+        if not cfg.doc_attention and piece_starts is None:
             return None
         varlen = self._varlen and input_ids.is_cuda and torch.is_autocast_enabled("cuda")
-        return document_spans(input_ids, bos_id=cfg.bos_id, max_segment=cfg.max_segment, varlen=varlen)
+        # without doc_attention only the pieces cut: the model attends across BOS within a piece
+        bos_id, max_segment = (cfg.bos_id, cfg.max_segment) if cfg.doc_attention else (None, 0)
+        return document_spans(input_ids, bos_id=bos_id, max_segment=max_segment, varlen=varlen, starts=piece_starts)
 
     def _merge_skip(self, j: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         scaled = self.skip_weights[j].to(x.dtype) * skip
@@ -124,13 +126,18 @@ class GPT(nn.Module):
                 block.attn.rotary.inv_freq = block.attn.rotary.inv_freq.bfloat16()
         return self
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final RMS-normalised hidden states ``[B, T, model_dim]`` (before the output head)."""
+    def hidden_states(self, input_ids: torch.Tensor, piece_starts: torch.Tensor | None = None) -> torch.Tensor:
+        """Final RMS-normalised hidden states ``[B, T, model_dim]`` (before the output head).
+
+        ``piece_starts`` (bool ``[B, T]``, packed evaluation rows): true where an independent
+        context begins; each piece is then computed as a row of its own (attention, RoPE positions
+        and the smear restart there; :mod:`pgolf.model.documents`), with or without ``doc_attention``.
+        """
         x = self.tok_emb(input_ids)  # [B, T, D]
         if self.smear is not None:
-            x = self.smear(x, input_ids)
+            x = self.smear(x, input_ids, piece_starts)
         x = rms_norm(x)
-        doc = self._document_spans(input_ids)
+        doc = self._document_spans(input_ids, piece_starts)
         encoder, decoder = self.orders[bool(self.cfg.num_loops) and bool(self.looping)]
         psl = self.cfg.parallel_start_layer
         x0, skips, lanes = x, [], None
