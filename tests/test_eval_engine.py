@@ -1,5 +1,7 @@
 """The engine with a real (tiny) model: flat reproduces the previous evaluation exactly, the modes
 agree where they should, and bad predictors, sidecars and budgets are handled."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -221,3 +223,14 @@ def test_slots_are_summed_in_slot_order_whatever_the_order_of_adding():
         acc.all_reduce()
         results.append(acc.result().nll)
     assert results == [0.0, 0.0, 0.0]
+
+
+def test_a_person_at_a_terminal_sees_the_scoring_progress(model, stream, table, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    monkeypatch.delenv("CI", raising=False)
+    res = evaluate_geometry(Doc(8, 32, BOS), PlainModel(model, CPU), stream, table, batch_tokens=64,
+                            show_progress=True)
+    bar = capsys.readouterr().err
+    assert re.search(rf"eval doc: 100%.* {res.steps}(\.0)?/{res.steps}(\.0)? ", bar), bar
+    evaluate_geometry(Doc(8, 32, BOS), PlainModel(model, CPU), stream, table, batch_tokens=64)
+    assert capsys.readouterr().err == ""  # off unless asked (the audit's many reruns draw nothing)

@@ -33,6 +33,7 @@ from pgolf.eval.predictor import ChunkBatch, PackedRows, Predictor, ScoredBatch,
 from pgolf.eval.schedule import Schedule, Step, build_schedule
 from pgolf.eval.scoring import BpbAccumulator, Score, token_bytes
 from pgolf.util.device import sync
+from pgolf.util.progress import progress
 
 
 class PredictorError(ValueError):
@@ -125,15 +126,17 @@ def evaluate_geometry(geometry: Geometry | Plan, predictor: Predictor, tokens: A
                       *, byte_counts: Any = None, device: torch.device | str = "cpu", batch_tokens: int = 65536,
                       batch_lanes: int = 64, pack_rows: bool = False, rank: int = 0, world_size: int = 1,
                       max_seconds: float = 0.0, fallback: Predictor | None = None, record: bool = False,
-                      capture: Iterable[int] = (), clock: Callable[[], float] = time.perf_counter) -> EvalResult:
+                      capture: Iterable[int] = (), clock: Callable[[], float] = time.perf_counter,
+                      show_progress: bool = False) -> EvalResult:
     """Score every target of ``tokens`` once with ``predictor`` under ``geometry``; global totals.
 
     ``byte_counts`` (per-token bytes, ``len(tokens)`` long) replaces ``table``. ``batch_tokens``
     caps a step's padded tokens (stateless predictors), ``batch_lanes`` the documents scored side
     by side (adaptive ones); ``pack_rows`` packs a stateless predictor's ``doc`` rows several to a
     forward row (:mod:`pgolf.eval.schedule`). ``record`` keeps a :class:`TokenRecord`; ``capture``
-    positions get their full log-probabilities kept (this rank's). See the module docstring for the
-    budget.
+    positions get their full log-probabilities kept (this rank's). ``show_progress`` draws a bar of
+    this rank's steps for a person at a terminal (:func:`pgolf.util.progress.progress`). See the module
+    docstring for the budget.
     """
     device = torch.device(device)
     toks = _as_stream(tokens, "tokens")
@@ -158,7 +161,7 @@ def evaluate_geometry(geometry: Geometry | Plan, predictor: Predictor, tokens: A
                         seconds={"score": 0.0, "adapt": 0.0}, record=rec)
     chunk_sizes = plan.stop - plan.start
     longest, active = 0.0, predictor
-    for index in my_steps:
+    for index in progress(my_steps, desc=f"eval {plan.name}", unit="step", enabled=show_progress):
         step = schedule.steps[index]
         spent = result.seconds["score"] + result.seconds["adapt"]
         if max_seconds > 0 and active is not fallback and spent + longest > max_seconds:

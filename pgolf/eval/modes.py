@@ -102,7 +102,8 @@ def evaluate_modes(model: GPT, tokens: Any, table: ByteTable | None, cfg: RunCon
             sync(device)
             warmup = time.perf_counter() - t0
             predictor = predictor_for(cfg, mode, model, device, tokens=tokens, rank=rank, world_size=world_size)
-            res = evaluate_geometry(geometry, predictor, tokens, table, byte_counts=byte_counts, record=record, **kw)
+            res = evaluate_geometry(geometry, predictor, tokens, table, byte_counts=byte_counts, record=record,
+                                    show_progress=rank == 0, **kw)
             res.mode = mode
             res.counts = dict(getattr(predictor, "counts", {}))
             res.seconds["warmup"] = warmup
