@@ -19,6 +19,7 @@ from pgolf.quant.qtensor import QTensor
 GOLDEN = Path(__file__).parent / "golden" / "artifact_v2.pgolf"
 GOLDEN_V3 = Path(__file__).parent / "golden" / "artifact_v3.pgolf"
 GOLDEN_V1 = Path(__file__).parent / "golden" / "artifact_v1.pgolf"
+GOLDEN_V4 = Path(__file__).parent / "golden" / "artifact_v4.pgolf"
 # Version 3 as written before rans artifacts left zstd out (its index is zstd-compressed): still read.
 GOLDEN_V3_ZSTD = Path(__file__).parent / "golden" / "artifact_v3_zstd_index.pgolf"
 
@@ -43,7 +44,19 @@ def golden_inputs(version=2):
     if version >= 2:  # two int6 tensors with cols a multiple of 64: one joint rANS payload
         tensors["blocks.0.mlp.proj.weight"] = qtensor((4, 64), 6, 6)
         tensors["tok_emb.weight"] = qtensor((3, 128), 6, 7)
+    if version >= 4:  # LQER factors of blocks.0.mlp.proj.weight (4 x 64) at rank 2, on the record's grids
+        tensors["blocks.0.mlp.proj.weight.lqer_a"] = lqer_factor((2, 4), 2, seed=8, one_scale=True)
+        tensors["blocks.0.mlp.proj.weight.lqer_b"] = lqer_factor((2, 64), 4, seed=9, one_scale=False)
     return {"model_dim": 16, "num_layers": 1}, tensors, {"val_bpb": 1.25, "note": "golden"}
+
+
+def lqer_factor(shape, bits, *, seed, one_scale):
+    """A QTensor on LQER's two's-complement grid ``[-2^(b-1), 2^(b-1) - 1]`` (fixed codes, no SVD)."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), size=shape).astype(np.int8)
+    scale = np.full(shape[0], 0.125, np.float16) if one_scale else rng.uniform(0.01, 0.1, shape[0]).astype(np.float16)
+    return QTensor(codes=torch.from_numpy(codes), scale=torch.from_numpy(scale), bits=bits, shape=shape,
+                   dtype=torch.float32)
 
 
 def assert_same(a, b):
@@ -55,11 +68,12 @@ def assert_same(a, b):
         assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_golden_bytes_pin_the_format(tmp_path, version):
-    golden = {2: GOLDEN, 3: GOLDEN_V3}[version]
-    config, tensors, meta = golden_inputs()
-    info = save_artifact(tmp_path / "a.pgolf", config=config, tensors=tensors, meta=meta, version=version)
+    golden = {2: GOLDEN, 3: GOLDEN_V3, 4: GOLDEN_V4}[version]
+    config, tensors, meta = golden_inputs(version=max(version, 2))
+    info = save_artifact(tmp_path / "a.pgolf", config=config, tensors=tensors, meta=meta,
+                         version=2 if version == 2 else None)  # 3 or 4: the writer's own choice
     assert (tmp_path / "a.pgolf").read_bytes() == golden.read_bytes(), "artifact format changed: a visible decision"
     assert info.total_bytes == os.path.getsize(tmp_path / "a.pgolf") == golden.stat().st_size
     art = load_artifact(golden, expected={k: tuple(v.shape) for k, v in tensors.items()})
@@ -194,7 +208,7 @@ def test_corruption_is_named(tmp_path):
     hlen = struct.unpack_from("<I", good, 12)[0]
     cases = [
         (b"NOTPGOLF" + good[8:], "bad magic"),
-        (good[:8] + struct.pack("<I", 4) + good[12:], "unsupported artifact format version 4"),
+        (good[:8] + struct.pack("<I", 5) + good[12:], "unsupported artifact format version 5"),
         (good[:10], "truncated"),
         (good[:16 + hlen // 2], "truncated"),
         (good[:16 + hlen + 5], "truncated"),
@@ -418,3 +432,15 @@ def test_v3_corrupt_context_payload_is_named(tmp_path):
     with pytest.raises(ArtifactError, match=r"context-coded payload 0 \(tensors 'blocks.0.mlp.fc.weight'.*\): "
                                             r"context-coded stream"):
         load_artifact(corrupt(tmp_path, data))
+
+
+def test_lqer_factors_need_version_4(tmp_path):
+    config, tensors, meta = golden_inputs(version=4)
+    assert struct.unpack_from("<I", GOLDEN_V4.read_bytes(), 8)[0] == 4
+    for version in (2, 3):
+        with pytest.raises(ValueError, match=rf"version {version} cannot hold LQER factors "
+                                             r"\(blocks.0.mlp.proj.weight.lqer_a, blocks.0.mlp.proj.weight.lqer_b\)"):
+            save_artifact(tmp_path / "a.pgolf", config=config, tensors=tensors, meta=meta, version=version)
+    assert not (tmp_path / "a.pgolf").exists()
+    art = load_artifact(GOLDEN_V4)
+    assert art.tensors["blocks.0.mlp.proj.weight.lqer_a"].codes.min() == -2  # the asymmetric int2 grid survives

@@ -1,11 +1,12 @@
 """The model artifact: one checked file holding config, metadata and every tensor.
 
-File layout (integers little-endian; version 3 pinned by ``tests/golden/artifact_v3.pgolf``,
-version 2 by ``tests/golden/artifact_v2.pgolf``; versions 1 and 2 are still read)::
+File layout (integers little-endian; version 4 pinned by ``tests/golden/artifact_v4.pgolf``,
+version 3 by ``tests/golden/artifact_v3.pgolf``, version 2 by ``tests/golden/artifact_v2.pgolf``;
+versions 1-3 are still read)::
 
     offset         size  field
     0              8     magic b"PGOLFART"
-    8              4     uint32 format version (3)
+    8              4     uint32 format version (3, or 4)
     12             4     uint32 H, bytes of the header
     16             H     header: version 3: one method byte (0 raw, 1 zstd-22 (written for
                          codec zstd only; earlier rans files have it too), 2 lzma) and the
@@ -48,6 +49,12 @@ through ``c`` it has ``m`` bytes; an entry's ``scale`` or ``data`` is then ``{"c
 "offset": o, "length": n}`` into it. With ``shuffle`` each such region is stored byte-plane by
 byte-plane (all first bytes of its items, then all second bytes, ...; item size = its dtype's).
 The writer keeps the smallest of its compressors, shuffled or not.
+
+Version 4 is version 3's layout for files that hold LQER factors (:mod:`pgolf.quant.lqer`): QTensor
+entries ``<name>.lqer_a`` (``A^T``, int2 on the grid ``[-2, 1]``) and ``<name>.lqer_b`` (``B``, int4 on
+``[-8, 7]``) whose product a reader must add to the matrix ``<name>``. A reader that predates them
+refuses the file by its version instead of loading a model without its corrections. The writer
+picks 4 exactly when such entries are present, 3 otherwise.
 """
 from __future__ import annotations
 
@@ -68,13 +75,13 @@ import numpy as np
 import torch
 
 from pgolf import codec as _codec
-from pgolf.quant.qtensor import QTensor
+from pgolf.quant.qtensor import LQER_SUFFIXES, QTensor
 from pgolf.util.atomic import atomic_write_bytes
 
 MAGIC = b"PGOLFART"
-VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
-WRITABLE_VERSIONS = (2, 3)
+VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+WRITABLE_VERSIONS = (2, 3, 4)
 CODECS = (*_codec.COMPRESSORS, "raw")
 _HEADER_METHODS = ("raw", "zstd", "lzma")
 _MAX_INDEX = 1 << 26  # bytes a compressed index may expand to
@@ -328,20 +335,26 @@ def _header_blob(header: bytes, codec: str) -> bytes:
 
 
 def save_artifact(path: str | os.PathLike, *, config: dict, tensors: Mapping[str, QTensor | torch.Tensor],
-                  codec: str = "rans", meta: dict | None = None, version: int = VERSION) -> ArtifactInfo:
+                  codec: str = "rans", meta: dict | None = None, version: int | None = None) -> ArtifactInfo:
     """Write ``tensors`` (QTensors and plain tensors) with ``config`` and ``meta`` to ``path``.
 
     ``codec`` picks how QTensor codes are stored (``"rans"``: the entropy coders, the smallest
     per group; ``"zstd"``, ``"zlib"`` or ``"raw"``: one byte per value through that compressor);
-    plain tensors are stored losslessly in their own dtype. ``version`` (3, or 2 for readers
-    that predate version 3) picks the format. The file is written to a temporary name in the
+    plain tensors are stored losslessly in their own dtype. ``version`` picks the format: by
+    default 4 when ``tensors`` hold LQER factors, else 3; 2 for readers that predate version 3
+    (neither 2 nor 3 can hold LQER factors). The file is written to a temporary name in the
     same folder, fsynced and renamed over ``path``, so readers never see half a file.
     ``config`` and ``meta`` must be JSON-serialisable.
     """
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
+    lqer = sorted(name for name in tensors if isinstance(name, str) and name.endswith(LQER_SUFFIXES))
+    if version is None:
+        version = 4 if lqer else 3
     if version not in WRITABLE_VERSIONS:
         raise ValueError(f"version must be one of {', '.join(map(str, WRITABLE_VERSIONS))}, got {version!r}")
+    if lqer and version < 4:
+        raise ValueError(f"version {version} cannot hold LQER factors ({', '.join(lqer[:4])}); write version 4")
     for name, t in tensors.items():
         if not isinstance(name, str):
             raise TypeError(f"tensor names must be str, got {name!r}")
@@ -355,13 +368,13 @@ def save_artifact(path: str | os.PathLike, *, config: dict, tensors: Mapping[str
         else:
             raise TypeError(f"tensor {name!r} must be a QTensor or torch.Tensor, got {type(t).__name__}")
     out = _Payloads()
-    fields, sizes = (_layout_v3 if version == 3 else _layout_v2)(tensors, codec, out)
+    fields, sizes = (_layout_v3 if version >= 3 else _layout_v2)(tensors, codec, out)
     header_obj = {"config": config, "meta": meta or {}, "payload_bytes": out.offset, **fields}
     try:
         header = json.dumps(header_obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as e:
         raise ValueError(f"config and meta must be JSON-serialisable: {e}") from None
-    if version == 3:
+    if version >= 3:
         header = _header_blob(header, codec)
     body = b"".join([_PREFIX.pack(MAGIC, version, len(header)), header, *out.chunks])
     data = body + hashlib.sha256(body).digest()

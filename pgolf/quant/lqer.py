@@ -26,7 +26,6 @@ import torch
 from pgolf.quant.qtensor import QTensor
 
 A_BITS, B_BITS, B_GROUP = 2, 4, 64
-LQER_SUFFIXES = (".lqer_a", ".lqer_b")
 
 
 def _quantise(m: torch.Tensor, bits: int, *, per_matrix: bool) -> QTensor:

@@ -7,6 +7,8 @@ import torch
 
 from triton_kernels.fake_quant import qmax_for
 
+LQER_SUFFIXES = (".lqer_a", ".lqer_b")  # the entries holding a matrix's LQER factors (pgolf.quant.lqer)
+
 
 @dataclass(frozen=True)
 class QTensor:
