@@ -15,7 +15,7 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from pgolf.config import ModelConfig  # noqa: E402
-from pgolf.eval.engine import evaluate_geometry  # noqa: E402
+from pgolf.eval.engine import evaluate_geometry, schedule_of  # noqa: E402
 from pgolf.eval.geometry import Doc, Flat, Sliding  # noqa: E402
 from pgolf.eval.predictor import PlainModel  # noqa: E402
 from pgolf.model.gpt import GPT  # noqa: E402
@@ -45,12 +45,19 @@ def main(out_path: str) -> None:
     tokens = torch.from_numpy(np.concatenate(parts).astype(np.int64))
     sidecar = torch.from_numpy(gen.integers(0, 4, len(tokens)))
     out = {}
-    for name, geometry, predictor in (("flat", Flat(16), PlainModel), ("sliding", Sliding(16, 5), PlainModel),
-                                      ("doc", Doc(6, 20, BOS), PlainModel), ("doc_adaptive", Doc(6, 20, BOS), Adaptive)):
+    for name, geometry, predictor, pack in (("flat", Flat(16), PlainModel, False),
+                                            ("sliding", Sliding(16, 5), PlainModel, False),
+                                            ("doc", Doc(6, 20, BOS), PlainModel, False),
+                                            ("doc_packed", Doc(6, 20, BOS), PlainModel, True),
+                                            ("doc_adaptive", Doc(6, 20, BOS), Adaptive, False)):
         r = evaluate_geometry(geometry, predictor(model, torch.device("cpu")), tokens, byte_counts=sidecar,
-                              batch_tokens=48, batch_lanes=3, rank=rank, world_size=world, record=True)
+                              batch_tokens=48, batch_lanes=3, pack_rows=pack, rank=rank, world_size=world,
+                              record=True)
         out[name] = {"score": (r.score.nll, r.score.tokens, r.score.bytes), "fallback": r.fallback_tokens,
                      "count": r.record.count, "nll": r.record.nll, "seq": r.record.seq}
+    packed = schedule_of(Doc(6, 20, BOS).plan(tokens), tokens, PlainModel(model, torch.device("cpu")), batch_tokens=48,
+                         batch_lanes=3, pack_rows=True)
+    out["packed_steps"] = sum(int((s.pack_offset > 0).any()) for s in packed.steps)  # rows holding several pieces
     out["world"] = world
     if rank == 0:
         torch.save(out, out_path)

@@ -1,5 +1,5 @@
 """Under torchrun each rank scores its share of the steps; the totals do not depend on the number
-of ranks: two gloo processes give the same bits as one, in every mode."""
+of ranks: two gloo processes give the same bits as one, in every mode (doc rows packed or not)."""
 import os
 import socket
 import subprocess
@@ -32,7 +32,8 @@ def test_two_ranks_give_the_same_totals_as_one(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     one, two = torch.load(tmp_path / "one.pt", weights_only=False), torch.load(tmp_path / "two.pt", weights_only=False)
     assert (one["world"], two["world"]) == (1, 2)
-    for mode in ("flat", "sliding", "doc", "doc_adaptive"):
+    assert one["packed_steps"] > 0  # doc_packed really puts several documents' pieces in one forward row
+    for mode in ("flat", "sliding", "doc", "doc_packed", "doc_adaptive"):
         assert one[mode]["score"] == two[mode]["score"], mode  # float64 NLL bit for bit, tokens, bytes
         assert (two[mode]["count"][1:] == 1).all() and two[mode]["count"][0] == 0
         assert np.array_equal(one[mode]["nll"], two[mode]["nll"], equal_nan=True)
