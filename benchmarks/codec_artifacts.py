@@ -227,7 +227,7 @@ def decode_speed(out: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", action="append", default=[], help="a trained pgolf checkpoint (repeatable)")
-    p.add_argument("--synthetic", default="", help="comma list of synthetic sets: baseline, record")
+    p.add_argument("--synthetic", default="", help="comma list of synthetic sets: baseline, record, tiny")
     p.add_argument("--speed", action="store_true",
                    help="time the decode of a record-sized artifact on one core (benchmarks/bench_codec_decode.py)")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -238,14 +238,17 @@ def main(argv: list[str] | None = None) -> None:
     cases.update({f"synthetic-{k}": (lambda k=k: synthetic_entries(k)) for k in args.synthetic.split(",") if k})
     lines = ["# Whole-artifact comparison", "", f"`python -m benchmarks.codec_artifacts {' '.join(argv)}`", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in machine().items()) +
-             f", lrzip {'on PATH' if shutil.which('lrzip') else 'unavailable'}.", "",
-             "Bytes of each contender on identical codes (policy: int7 tok_emb, int6 otherwise, 12.85-sigma "
-             "clip, float tensors <= 4096 values kept float32). Floors: codes only, no tables or side information "
-             "(floor/col-class: entropy given each column's RMS class, see column_class_bits). Goal: v3 / lrzip "
-             "<= -2.00 % on the trained models.", "",
-             "| case | values | pgolf-v3 | pgolf-v2 | bytes+brotli-11 | shuffle+brotli-11 | pergroup-lrzip | "
-             "floor/tensor | floor/row-group | floor/col-class | v3 / best other | v3 / lrzip | v3 encode s |",
-             "|---|" + "---:|" * 12]
+             f", lrzip {'on PATH' if shutil.which('lrzip') else 'unavailable'}.", ""]
+    if cases:
+        lines += ["Bytes of each contender on identical codes (policy: int7 tok_emb, int6 otherwise, 12.85-sigma "
+                  "clip, float tensors <= 4096 values kept float32). Floors: codes only, no tables or side information "
+                  "(floor/col-class: entropy given each column's RMS class, see column_class_bits). Goal: v3 / lrzip "
+                  "<= -2.00 % on the trained models.", "",
+                  "| case | values | pgolf-v3 | pgolf-v2 | bytes+brotli-11 | shuffle+brotli-11 | pergroup-lrzip | "
+                  "floor/tensor | floor/row-group | floor/col-class | v3 / best other | v3 / lrzip | v3 encode s |",
+                  "|---|" + "---:|" * 12]
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = args.out / args.report
     with tempfile.TemporaryDirectory() as d:
         for name, make in cases.items():
             entries = make()
@@ -260,10 +263,10 @@ def main(argv: list[str] | None = None) -> None:
                    f"{r['pgolf-v3'] / min(others):.4f} | {vs_lrzip} | {r['pgolf-v3 encode s']:.1f} |")
             print(row, flush=True)
             lines.append(row)
+            report.write_text("\n".join(lines) + "\n")  # each case kept as soon as it is measured
     if args.speed:
         lines += decode_speed(args.out)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / args.report).write_text("\n".join(lines) + "\n")
+    report.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
