@@ -37,12 +37,11 @@ from pgolf.data.shards import load_tokens
 from pgolf.data.tokenizer import ByteTable, byte_table, load_tokenizer
 from pgolf.eval.flat import evaluate, unigram_bpb
 from pgolf.eval.modes import evaluate_modes, result_lines
-from pgolf.eval.official import evaluate_official
 from pgolf.eval.scoring import Score
 from pgolf.model.gpt import GPT
+from pgolf.model.loss import fused_loss_unavailable
 from pgolf.optim.optimizers import Optimizers
 from pgolf.optim.schedule import training_fraction
-from pgolf.quant.calibrate import calibration_batches, collect_hessians, gptq_seconds
 from pgolf.quant.qat import enable_qat, qat_state_at, set_qat_state
 from pgolf.train.checkpoint import load_checkpoint, pgolf_checkpoint, save_checkpoint
 from pgolf.train.loop import LoopHooks, LoopResult, Trainer, TrainingError
@@ -114,6 +113,8 @@ class _ValData:
         where = dict(seq_len=t.seq_len, batch_tokens=self.batch_tokens, device=self.device, rank=self.env.rank,
                      world_size=self.env.world_size, max_tokens=0 if full else t.val_max_tokens)
         if t.val_sum == "official":
+            from pgolf.eval.official import evaluate_official  # only this setting (pgolf submit leaves it out)
+
             return evaluate_official(model, self.tokens, self.table, **where)
         return evaluate(model, self.tokens, self.table, byte_counts=self.bytes, **where)
 
@@ -152,6 +153,9 @@ def preflight(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: boo
               say: Callable[[str], None]) -> Preflight:
     """Check config, tokenizer, data identity (:mod:`pgolf.data.identity`), split sizes and the
     checkpoint to resume, raising a clear error before any file of the run is written."""
+    problem = fused_loss_unavailable(cfg.model.loss_impl, torch.empty(0, device=device))
+    if problem is not None:
+        raise ConfigError(problem)
     prepare_data(cfg, env, say)
     d, t = cfg.data, cfg.train
     sp = load_tokenizer(d.tokenizer)
@@ -159,8 +163,8 @@ def preflight(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: boo
     cfg.validate(tokenizer_vocab=vocab)
     grad_accum = cfg.grad_accum_steps(env.world_size)
     tok = tokenizer_identity(d.tokenizer, vocab)
-    train_set = check_dataset(d.train_glob, tok, verify=d.verify_manifest)
-    val_set = check_dataset(d.val_glob, tok, verify=d.verify_manifest)
+    train_set = check_dataset(d.train_glob, tok, verify=d.verify_manifest, small_val_split=d.small_val_split)
+    val_set = check_dataset(d.val_glob, tok, verify=d.verify_manifest, small_val_split=d.small_val_split)
     check_disjoint(train_set, val_set)
     notes = [f"data: {s.pattern} read unverified (no manifest; data.verify_manifest=false)"
              for s in (train_set, val_set) if not s.verified]
@@ -329,6 +333,8 @@ def _require_finite(score: Score, what: str) -> None:
 
 
 def _calibration_input(cfg: RunConfig, loader: TokenLoader, first_step: int) -> list[torch.Tensor]:
+    from pgolf.quant.calibrate import calibration_batches  # GPTQ only (pgolf submit leaves it out)
+
     t = cfg.train
     return calibration_batches(loader, cfg.quant.gptq_batches, first_step=first_step, seq_len=t.seq_len,
                                batch_tokens=min(t.train_batch_tokens, t.micro_batch_tokens))
@@ -341,6 +347,8 @@ def _reserve_calibration_time(cfg: RunConfig, model: GPT, loader: TokenLoader, d
     t = cfg.train
     if cfg.quant.method != "gptq" or t.max_wallclock_seconds <= 0:
         return t
+    from pgolf.quant.calibrate import gptq_seconds
+
     need_s = 1.25 * gptq_seconds(model, cfg.quant, _calibration_input(cfg, loader, 0), device=device)
     if need_s >= t.max_wallclock_seconds:
         raise TrainingError(f"GPTQ calibration needs about {need_s:.1f}s (measured), which leaves no training time "
@@ -361,8 +369,11 @@ def _export_and_score(cfg: RunConfig, env: DistEnv, device: torch.device, model:
     report, calib_ms = None, 0.0
     if env.master:
         t0 = time.perf_counter()
-        hessians = (collect_hessians(model, _calibration_input(cfg, loader, trained.step), device=device)
-                    if cfg.quant.method == "gptq" else None)
+        hessians = None
+        if cfg.quant.method == "gptq":
+            from pgolf.quant.calibrate import collect_hessians
+
+            hessians = collect_hessians(model, _calibration_input(cfg, loader, trained.step), device=device)
         report = export_model(model, cfg.quant, artifact, allow_oversize=cfg.train.allow_oversize,
                               meta={"step": trained.step, "name": cfg.name, "identity": identity},
                               hessians=hessians)

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from pgolf.quant.qtensor import QTensor
 GOLDEN = Path(__file__).parent / "golden" / "artifact_v2.pgolf"
 GOLDEN_V3 = Path(__file__).parent / "golden" / "artifact_v3.pgolf"
 GOLDEN_V1 = Path(__file__).parent / "golden" / "artifact_v1.pgolf"
+# Version 3 as written before rans artifacts left zstd out (its index is zstd-compressed): still read.
+GOLDEN_V3_ZSTD = Path(__file__).parent / "golden" / "artifact_v3_zstd_index.pgolf"
 
 
 def qtensor(shape, bits, seed, dtype=torch.float32):
@@ -70,6 +73,28 @@ def test_version_1_files_are_still_read():
     assert struct.unpack_from("<I", GOLDEN_V1.read_bytes(), 8)[0] == 1
     art = load_artifact(GOLDEN_V1, expected={k: tuple(v.shape) for k, v in tensors.items()})
     assert art.config == config and art.meta == meta and list(art.tensors) == list(tensors)
+    for name, t in tensors.items():
+        assert_same(art.tensors[name], t)
+
+
+def test_v3_files_with_a_zstd_index_are_still_read():
+    config, tensors, meta = golden_inputs()
+    assert GOLDEN_V3_ZSTD.read_bytes()[16] == 1  # header method 1: zstd
+    art = load_artifact(GOLDEN_V3_ZSTD, expected={k: tuple(v.shape) for k, v in tensors.items()})
+    assert art.config == config and art.meta == meta
+    for name, t in tensors.items():
+        assert_same(art.tensors[name], t)
+
+
+def test_a_rans_artifact_is_written_and_read_without_zstandard(tmp_path, monkeypatch):
+    """Only codec="zstd" writes zstd: a rans artifact's index and side stream are the standard
+    library's (a bundled submission writes and reads it where zstandard is not installed)."""
+    config, tensors, meta = golden_inputs()
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard now fails
+    save_artifact(tmp_path / "a.pgolf", config=config, tensors=tensors, meta=meta, codec="rans")
+    _, header = v3_index((tmp_path / "a.pgolf").read_bytes())
+    assert header["side"]["codec"] in ("lzma", "zlib", "raw")
+    art = load_artifact(tmp_path / "a.pgolf")
     for name, t in tensors.items():
         assert_same(art.tensors[name], t)
 

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from triton_kernels import fake_quant as fq
+from _launches import LaunchCounter
 
 M, K, N = 37, 48, 40  # none a multiple of the 16-wide interpreter tiles except K
 RULE_KW = dict(percentile=99.0, sigma=2.5)  # strong clipping so the mask matters
@@ -89,25 +90,12 @@ def test_linear_forward_and_mask_are_exact(bits, rule):
     assert torch.equal(dw_soft == 0, g == 0)
 
 
-class _LaunchCounter:
-    """Stands in for a Triton kernel object: counts ``kernel[grid](...)`` launches, then launches."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches += 1
-            return self.kernel[grid](*args, **kwargs)
-        return launch
-
-
 @pytest.mark.parametrize("rule", fq.RULES)
 def test_one_weight_launch_per_forward_and_no_float32_copy(monkeypatch, rule):
     """Forward: one weight-kernel launch; backward: one dW launch; the saved fq(W) has x's dtype."""
     from triton_kernels.fake_quant import kernels
-    weight_k = _LaunchCounter(kernels._fq_weight_kernel)
-    dw_k = _LaunchCounter(kernels._fq_linear_dw_kernel)
+    weight_k = LaunchCounter(kernels._fq_weight_kernel)
+    dw_k = LaunchCounter(kernels._fq_linear_dw_kernel)
     monkeypatch.setattr(kernels, "_fq_weight_kernel", weight_k)
     monkeypatch.setattr(kernels, "_fq_linear_dw_kernel", dw_k)
     x = torch.randn(M, K, dtype=torch.float16, requires_grad=True)
@@ -121,6 +109,32 @@ def test_one_weight_launch_per_forward_and_no_float32_copy(monkeypatch, rule):
     weight_shaped = [t for t in saved if t.shape == w.shape]
     assert weight_shaped and all(t.dtype == torch.float16 or t is w for t in weight_shaped), \
         [(t.dtype, t is w) for t in weight_shaped]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_dw_launcher_passes_its_whole_launch_config(monkeypatch, dtype):
+    """The dW launcher launches with every entry of ``dw_tile_config`` (the dot precision included)
+    and nothing of its own, so ``tests/test_sm90_compile.py``, which compiles
+    ``dw_tile_config(dtype, on_gpu=True)``, compiles the precision a GPU launch uses."""
+    from triton_kernels.fake_quant import kernels
+    launched = []
+    real = kernels._fq_linear_dw_kernel
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launched.append(kwargs)
+                return real[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(kernels, "_fq_linear_dw_kernel", Recorder())
+    w = _weight()
+    fq.fq_linear_dw_triton(torch.randn(M, N, dtype=dtype), torch.randn(M, K, dtype=dtype), w,
+                           fq.row_scales(w, bits=6), bits=6, active=torch.ones((), dtype=torch.bool))
+    cfg = fq.dw_tile_config(dtype, on_gpu=False)
+    assert [{k: v for k, v in kw.items() if k not in ("QMAX", "SOFT")} for kw in launched] == [cfg]
+    assert cfg["PREC"] == ("ieee" if dtype == torch.float32 else "tf32")
+    assert {fq.dw_tile_config(dtype, on_gpu=g)["PREC"] for g in (False, True)} == {cfg["PREC"]}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

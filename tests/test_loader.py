@@ -1,4 +1,6 @@
 """The distributed token loader: global batches independent of world size and accumulation."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -62,6 +64,20 @@ def test_a_shard_truncated_under_the_loader_is_named_not_a_bus_error(shards, tmp
     victim = tmp_path / "fineweb_train_000002.bin"
     with open(victim, "r+b") as f:  # rewritten in place by another tool: the file shrinks
         f.truncate(1024 + 100)
+    with pytest.raises(LoaderError, match=r"fineweb_train_000002.bin changed while it was being read"):
+        loader.next_batch(20, global_tokens=64, seq_len=16, grad_accum_steps=1, micro_step=0)
+
+
+def test_a_shard_rewritten_in_place_at_the_same_size_is_named(shards, tmp_path):
+    loader = TokenLoader(shards[0])
+    loader.next_batch(0, global_tokens=64, seq_len=16, grad_accum_steps=1, micro_step=0)
+    victim = tmp_path / "fineweb_train_000002.bin"
+    stat = victim.stat()
+    with open(victim, "r+b") as f:  # same size, other tokens
+        f.seek(1024)
+        f.write(bytes(64))
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a later write, whatever the clock tick
+    assert victim.stat().st_size == stat.st_size
     with pytest.raises(LoaderError, match=r"fineweb_train_000002.bin changed while it was being read"):
         loader.next_batch(20, global_tokens=64, seq_len=16, grad_accum_steps=1, micro_step=0)
 

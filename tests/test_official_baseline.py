@@ -256,3 +256,33 @@ def test_validation_batch_per_rank_is_the_official_split():
     small = load_config("demo", sets=["train.val_batch_size=256"])
     with pytest.raises(ConfigError, match="train.val_batch_size=256 gives 128 tokens per rank"):
         val_batch_per_rank(small, 2)
+
+
+def test_baseline_refuses_a_validation_split_cut_by_the_small_corpus_rule(tmp_path, sp1024_path):
+    """The official data script refuses a corpus smaller than its validation split; pgolf data instead
+    keeps 1 in 10 documents. The baseline preset refuses such shards before the run directory is
+    touched, naming the manifest and the fix; other presets (the demo's embedded corpus) accept them."""
+    from official_corpus import documents
+    from pgolf.data.build import build_dataset
+    from pgolf.data.manifest import DataError
+
+    small = tmp_path / "small"
+    manifest = build_dataset(documents(40), small, tokenizer_path=sp1024_path, vocab_size=1024, num_val_docs=60,
+                             progress=False)
+    assert manifest["validation"]["docs"] == 4 < manifest["validation"]["requested_docs"] == 60
+    env = {**OFFICIAL_ENV, "DATA_PATH": str(small), "TOKENIZER_PATH": str(sp1024_path)}
+    run_dir = tmp_path / "run"
+    cfg = load_config("baseline", environ=env, sets=[f"train.run_dir={run_dir}"])
+    assert load_config("demo").data.small_val_split and not cfg.data.small_val_split
+    with pytest.raises(DataError, match=r"manifest.json says its validation split is 4 documents, cut by pgolf "
+                                        r"data's small-corpus rule .* --num-val-docs .* data.small_val_split=true"):
+        run_training(cfg, echo=False)
+    assert not run_dir.exists()
+
+    full = tmp_path / "full"
+    build_dataset(documents(120), full, tokenizer_path=sp1024_path, vocab_size=1024, num_val_docs=60, progress=False)
+    from pgolf.data.identity import check_dataset, tokenizer_identity
+
+    tok = tokenizer_identity(sp1024_path, 1024)
+    assert check_dataset(f"{full}/fineweb_val_*.bin", tok, small_val_split=False).files  # exactly 60 of 120: accepted
+    assert check_dataset(f"{small}/fineweb_val_*.bin", tok, small_val_split=True).files

@@ -2,8 +2,10 @@
 
 Each case answers with one line naming the file or key and what to do, and a non-zero exit.
 """
+import errno
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,10 +30,19 @@ def test_a_data_out_that_is_a_file_is_refused(tmp_path, reliability):
     reliability("CLEAR")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_a_read_only_run_dir_is_refused(tiny_data, tmp_path, reliability):
-    (tmp_path / "ro").mkdir(mode=0o555)
-    assert_clear(train(tiny_data, tmp_path / "ro" / "run"), r"Permission denied")
+def test_a_read_only_run_dir_is_refused(tiny_data, tmp_path, reliability, monkeypatch):
+    read_only = tmp_path / "ro"
+    read_only.mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root may write anyway: let the file system answer as it does to a user
+        real_mkdir = os.mkdir
+
+        def refusing_mkdir(path, *args, **kwargs):
+            if Path(path).is_relative_to(read_only):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_mkdir(path, *args, **kwargs)
+        monkeypatch.setattr(os, "mkdir", refusing_mkdir)
+    assert_clear(train(tiny_data, read_only / "run"), r"Permission denied: .*ro/run")
+    assert not (read_only / "run").exists()
     reliability("CLEAR")
 
 

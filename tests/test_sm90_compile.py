@@ -60,7 +60,7 @@ def _dw_spec(dtype, n, k, soft):
             ("stride_dym", ["int", n]), ("stride_xm", ["int", k]), ("stride_wn", ["int", k]),
             ("stride_dws", ["int", n * k]), ("stride_dwn", ["int", k]),
             ("QMAX", ["const", 31]), ("SOFT", ["const", soft]),
-            ("PREC", ["const", "ieee" if dtype == torch.float32 else "tf32"]),
+            ("PREC", ["const", cfg["PREC"]]),  # what the launcher passes (test_fake_quant_kernel.py)
             ("BM", ["const", cfg["BM"]]), ("BN", ["const", cfg["BN"]]), ("BK", ["const", cfg["BK"]])]
     return dict(id=f"fq_dw-{TYPES[dtype]}-{n}x{k}-soft{int(soft)}", module="triton_kernels.fake_quant.kernels",
                 kernel="_fq_linear_dw_kernel", args=args, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],

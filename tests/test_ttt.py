@@ -16,6 +16,7 @@ from pgolf.eval.geometry import Doc
 from pgolf.eval.predictor import ChunkBatch, PlainModel
 from pgolf.eval.ttt import LoraTTT, make_ttt
 from pgolf.model.gpt import GPT
+from test_eval_cli import checkpoint_and_val  # noqa: F401  (the fixture: a checkpoint and a validation shard)
 
 V, BOS, CHUNK, WINDOW, LANES = 40, 1, 8, 16, 4
 CPU = torch.device("cpu")
@@ -157,7 +158,7 @@ class MultiEpoch(LoraTTT):
     tokens: torch.Tensor
 
     def log_probs(self, batch: ChunkBatch) -> torch.Tensor:
-        g = self.my_groups[self._pos]
+        g = self.current_group()
         if self.steps_left == len(self.schedule.groups[g]) and getattr(self, "_done", None) != g:
             self._done = g
             sizes = self.plan.stop - self.plan.start
@@ -249,3 +250,61 @@ def test_ttt_plus_cache_stacks_the_cache_on_the_adapted_model(model, toks):
                    byte_counts=np.ones(len(small), np.int64), num_positions=3, seed=0, bos_id=BOS, device=CPU,
                    batch_tokens=1 << 12, batch_lanes=LANES)
     assert report.passed, report.table()
+
+
+def looped_model() -> GPT:
+    """Three blocks, block 1 looped once more: the forward runs blocks 0, 1, 1, 2 (four virtual layers)."""
+    torch.manual_seed(0)
+    m = GPT(ModelConfig(vocab_size=V, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2,
+                        num_loops=1, loop_start=1, loop_end=1))
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return m.eval()
+
+
+def test_a_looped_block_gets_its_own_adapters_on_every_pass():
+    """As the record (one adapter set per virtual layer, RECORD_STACK.md A.2.5): perturbing the adapter of
+    the looped block's first pass or of its second changes the scores, each differently."""
+    m, toks = looped_model(), stream(docs=6)
+    p = ttt(m, toks)
+    names = [name for name, *_ in p.sites]
+    assert names == [f"{pl}{v}" for v in range(4) for pl in ("q", "k", "v", "o", "mlp")] + ["head"]
+    assert p.sites[5][1] is p.sites[10][1] is m.blocks[1].attn.c_q  # virtual layers 1 and 2 share block 1
+    zero = run(ttt(m, toks, dataclasses.replace(BASE, lr=0.0)), toks).record.nll[1:]
+    assert np.array_equal(zero, run(AdaptivePlain(m, CPU), toks).record.nll[1:])
+    plan = Doc(CHUNK, WINDOW, BOS).plan(toks)
+    step = p.schedule.steps[p.schedule.groups[p.my_groups[0]][0]]
+    batch = make_batch(step, toks, p.schedule.seq, plan.stop - plan.start, CPU)
+    base = p.log_probs(batch).detach()
+    changed = []
+    for v in (1, 2):
+        with torch.no_grad():
+            p.flat.zero_()
+            for t in p.layout.views(p.flat)[names.index(f"q{v}")]:  # A and B of the pass-v query adapter only
+                t.normal_(std=0.3)
+        changed.append(p.log_probs(batch).detach())
+        assert (changed[-1] - base).abs().max() > 1e-4, v
+    assert (changed[0] - changed[1]).abs().max() > 1e-4
+    adapted = run(ttt(m, toks), toks)
+    assert np.isfinite(adapted.score.bpb) and np.abs(adapted.record.nll[1:] - zero).max() > 1e-3
+    m.set_looping(False)  # the predictor was built for the looped order
+    with pytest.raises(RuntimeError, match="set_looping"):
+        p.log_probs(batch)
+
+
+def test_eval_command_scores_doc_and_ttt_with_phases_from_the_command_line(checkpoint_and_val, capsys):
+    """``pgolf eval --mode doc,ttt --set ttt.*``: both modes scored, TTT below the plain model's bpb here
+    (tiny random model), its phases run as configured and reported with the fallbacks."""
+    from pgolf.cli import main as cli_main
+
+    _, common = checkpoint_and_val
+    ttt_sets = ["ttt.rank=4", "ttt.alpha=8", "ttt.lr=0.01", "ttt.impl=torch", "ttt.phases=2", "ttt.phase_docs=6",
+                "ttt.phase_chunk_tokens=128", "eval.batch_docs=4"]
+    assert cli_main(["eval", *common, "--mode", "doc,ttt", "--chunk", "8",
+                     *[a for s in ttt_sets for a in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    scores = {line.split()[0][5:]: float(line.split("val_bpb:")[1].split()[0])
+              for line in out.splitlines() if line.startswith("mode:")}
+    assert set(scores) == {"doc", "ttt"} and scores["ttt"] < scores["doc"]
+    ttt_line = next(line for line in out.splitlines() if line.startswith("eval_ttt "))
+    assert " phases:2 " in ttt_line and " phases_cancelled:0" in ttt_line and "fallback_docs:0" in ttt_line

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from pgolf.artifact.format import ArtifactError, load_artifact, save_artifact
-from pgolf.artifact.official_int8 import load_official_int8, save_official_int8
 from pgolf.config import ModelConfig, QuantConfig
 from pgolf.model.gpt import GPT
 from pgolf.model.roles import parameter_roles
@@ -79,6 +78,8 @@ def export_model(model: GPT, qcfg: QuantConfig, path: str | Path, *, allow_overs
         raise ValueError(f"not exporting {path}: the weights {', '.join(bad[:4])} hold NaN or inf")
     methods: dict[str, str] = {}
     if qcfg.scheme == "official_int8":
+        from pgolf.artifact.official_int8 import save_official_int8  # this scheme only (pgolf submit leaves it out)
+
         save_official_int8(path, state, parameter_roles(model))
     else:
         entries = quantize_state_dict(state, qcfg, parameter_roles(model), hessians=hessians, report=methods)
@@ -98,6 +99,8 @@ def load_exported(path: str | Path, *, device: torch.device | str = "cpu", offic
     with ``official_cfg``, from an official int8 file (which holds weights only), the way the
     official script reloads it: into a model of that config and its dtype layout."""
     if official_cfg is not None:
+        from pgolf.artifact.official_int8 import load_official_int8
+
         model = GPT(official_cfg).place(device)
         model.load_state_dict(load_official_int8(path), strict=True)
         return model

@@ -7,8 +7,9 @@ version 2 by ``tests/golden/artifact_v2.pgolf``; versions 1 and 2 are still read
     0              8     magic b"PGOLFART"
     8              4     uint32 format version (3)
     12             4     uint32 H, bytes of the header
-    16             H     header: version 3: one method byte (0 raw, 1 zstd-22 (codecs rans and
-                         zstd only), 2 lzma) and the JSON index through it; versions 1-2: the JSON itself. JSON: UTF-8,
+    16             H     header: version 3: one method byte (0 raw, 1 zstd-22 (written for
+                         codec zstd only; earlier rans files have it too), 2 lzma) and the
+                         JSON index through it; versions 1-2: the JSON itself. JSON: UTF-8,
                          sorted keys, no whitespace
     16 + H         P     payloads, back to back (P = header["payload_bytes"])
     16 + H + P     32    SHA-256 of every byte before it
@@ -252,8 +253,9 @@ def _layout_v2(tensors: Mapping[str, QTensor | torch.Tensor], codec: str, out: _
 
 def _side_stream(regions: list[tuple[bytes, int]], codec: str) -> tuple[dict, bytes]:
     """Version 3's side stream of ``(bytes, itemsize)`` regions: ``(header fields, payload)``,
-    the smallest of the allowed compressors, byte-plane shuffled or not."""
-    methods = ("zstd", "lzma", "zlib") if codec == "rans" else (codec,)
+    the smallest of the allowed compressors, byte-plane shuffled or not: the standard library's
+    for ``rans`` (lzma, zlib; so a ``rans`` artifact needs no ``zstandard``), else ``codec``'s own."""
+    methods = ("lzma", "zlib") if codec == "rans" else (codec,)
     best = None
     for shuffle in (False, True):
         data = b"".join(_planes(b, k) if shuffle else b for b, k in regions)
@@ -314,10 +316,11 @@ def _layout_v3(tensors: Mapping[str, QTensor | torch.Tensor], codec: str, out: _
 
 def _header_blob(header: bytes, codec: str) -> bytes:
     """Version 3's header field: a method byte and the JSON index, raw or compressed, the smallest.
-    zstd is a candidate only for the codecs whose payloads need more than the standard library
-    anyway (``rans``, ``zstd``), so a ``zlib`` or ``raw`` artifact reads without ``zstandard``."""
+    zstd is a candidate only for ``codec="zstd"``, whose payloads need ``zstandard`` anyway: the
+    other codecs' artifacts are written and read with the standard library (and, for ``rans``, pgolf's
+    C++ codec, which a bundled submission builds from its own source), whatever is installed."""
     options = {0: header, 2: lzma.compress(header, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)}
-    if codec in ("rans", "zstd"):
+    if codec == "zstd":
         import zstandard
         options[1] = zstandard.ZstdCompressor(level=22).compress(header)
     method = min(sorted(options), key=lambda i: len(options[i]))

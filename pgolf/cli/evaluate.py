@@ -119,7 +119,7 @@ def load_for_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> Loaded:
     tok = tokenizer_identity(tokenizer, vocab)
     check_tokenizer(record.get("tokenizer"), tok, what=source)  # the more telling refusal comes first
     cfg.validate(tokenizer_vocab=vocab)
-    check_dataset(val_glob, tok, verify=cfg.data.verify_manifest)
+    check_dataset(val_glob, tok, verify=cfg.data.verify_manifest, small_val_split=cfg.data.small_val_split)
     tokens = torch.from_numpy(load_tokens(val_glob, vocab_size=vocab).astype(np.int64))
     check_val_size(len(tokens), seq_len, val_glob)
     byte_counts = torch.from_numpy(load_tokens(bytes_glob).astype(np.int64)) if bytes_glob else None

@@ -51,7 +51,9 @@ def _record() -> dict[str, Any]:
         "name": "record",
         "model": {**RECORD_FEATURES, "vocab_size": 8192, "num_layers": 11, "mlp_mult": 4, "rope_dims": 16,
                   "xsa_last_n": 11, "num_loops": 2, "loop_start": 3, "loop_end": 5, "loop_enable_frac": 0.35,
-                  "parallel_start_layer": 8, "max_segment": 2048},
+                  "parallel_start_layer": 8, "max_segment": 2048,
+                  # the fused softcapped CE kernel on the GPU (the record's own Triton kernel, B.8)
+                  "loss_impl": "auto"},
         "data": {"train_glob": "data/fineweb10B_sp8192/fineweb_train_*.bin",
                  "val_glob": "data/fineweb10B_sp8192/fineweb_val_*.bin",
                  "tokenizer": "data/tokenizers/fineweb_8192_bpe.model"},
@@ -90,7 +92,7 @@ def _baseline() -> dict[str, Any]:
     return {
         "name": "baseline",
         "model": {"dtype_layout": "official"},
-        "data": {"token_order": "official"},
+        "data": {"token_order": "official", "small_val_split": False},
         "optim": {"muon_ns_dtype": "bfloat16", "muon_per_matrix": True, "adam_fused": "always"},
         # kernels=torch: Newton-Schulz as torch matmuls (the official order of bf16 roundings),
         # not the Triton kernel, whose fp32 accumulator rounds once less.

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 RESUMABLE = frozenset({
     "name", "train.iterations", "train.max_wallclock_seconds", "train.train_log_every", "train.val_loss_every",
     "train.val_max_tokens", "train.val_batch_size", "train.checkpoint_every", "train.run_dir",
-    "train.allow_oversize", "train.compile", "train.warmup_steps", "train.device", "train.kernels",
+    "train.allow_oversize", "train.compile", "train.warmup_steps", "train.device", "train.kernels", "model.loss_impl",
     "data.train_glob",
     "data.tokenizer", "data.embedded_default", "data.embedded_dir", "data.verify_manifest",
 })

@@ -47,6 +47,11 @@ class ModelConfig:
     # and every RoPE `inv_freq` buffer stay bf16, so RoPE positions are computed in bf16 (integers
     # above 256 round to even), and on a CPU the whole forward runs in bf16 from the embedding on.
     dtype_layout: str = "fp32"
+    # How the training and scoring loss is computed from the raw logits (pgolf.model.loss):
+    # "torch" (softcap in the logits' dtype, then F.cross_entropy in fp32: train_gpt.py's roundings),
+    # "fused" (triton_kernels.softcap_ce: softcap in fp32 inside one Triton kernel; CUDA, or the
+    # interpreter under TRITON_INTERPRET=1), "auto" (fused where the kernel can run, else torch).
+    loss_impl: str = "torch"
 
 
 @dataclass
@@ -71,6 +76,10 @@ class DataConfig:
     # tokens do not depend on the world size) or "official" (train_gpt.py: every micro-step takes the
     # next world_size spans of local_tokens + 1 tokens from the stream, one per rank).
     token_order: str = "per_step"
+    # Accept a validation split that ``pgolf data`` cut to 1 in 10 documents because the corpus had
+    # fewer than twice the requested number (its manifest says so). False refuses such data, as the
+    # official data script refuses a corpus smaller than its validation split (the baseline preset).
+    small_val_split: bool = True
 
 
 @dataclass
@@ -200,6 +209,7 @@ class QuantConfig:
     qat_temperature_end: float = 0.05
 
 
+LOSS_IMPLS = ("torch", "fused", "auto")  # ModelConfig.loss_impl
 EVAL_MODES = ("flat", "sliding", "doc")
 # Predictors a mode may stack on the model, inner first: "ttt" (LoRA test-time
 # training; it adapts the model itself, so it comes first) and "cache" (a neural cache over scored hidden states).

@@ -9,8 +9,8 @@ from typing import Any
 
 from pgolf.codec import COMPRESSORS
 from pgolf.config.features import check_model_features, check_recipe
-from pgolf.config.sections import (CACHE_LAM_RULES, CACHE_SIMILARITIES, EVAL_MODES, PREDICTORS, TTT_PLACES,
-                                   ConfigError, split_mode)
+from pgolf.config.sections import (CACHE_LAM_RULES, CACHE_SIMILARITIES, EVAL_MODES, LOSS_IMPLS, PREDICTORS,
+                                   TTT_PLACES, ConfigError, split_mode)
 from triton_kernels._dispatch import IMPLS
 from triton_kernels.fake_quant import RULES, SURROGATES
 from triton_kernels.newton_schulz import ns_coefficients
@@ -85,6 +85,7 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
                                 ("quant.qat_surrogate", q.qat_surrogate, SURROGATES),
                                 ("train.kernels", t.kernels, IMPLS), ("quant.scheme", q.scheme, SCHEMES),
                                 ("model.dtype_layout", m.dtype_layout, DTYPE_LAYOUTS),
+                                ("model.loss_impl", m.loss_impl, LOSS_IMPLS),
                                 ("data.token_order", cfg.data.token_order, TOKEN_ORDERS),
                                 ("optim.muon_ns_dtype", o.muon_ns_dtype, NS_DTYPES),
                                 ("optim.adam_fused", o.adam_fused, ADAM_FUSED),

@@ -82,13 +82,17 @@ def _load_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def check_dataset(pattern: str, tokenizer: TokenizerIdentity, *, verify: bool = True) -> Dataset:
+def check_dataset(pattern: str, tokenizer: TokenizerIdentity, *, verify: bool = True,
+                  small_val_split: bool = True) -> Dataset:
     """The shards matching ``pattern``, checked against the manifest of their folder.
 
     With ``verify`` every folder must hold a manifest made with ``tokenizer`` that lists every
     matched shard with its token count, and every shard of the splits touched must exist.
     Without it, folders without a manifest are read as they are (their token ids are still
-    checked against the vocabulary as they are read). Raises :class:`DataError` naming the file.
+    checked against the vocabulary as they are read). Without ``small_val_split`` a manifest whose
+    validation split holds fewer documents than were asked for (``pgolf data``'s small-corpus rule)
+    is refused, as the official data script refuses such a corpus. Raises :class:`DataError`
+    naming the file.
     """
     files = tuple(shard_files(pattern))
     splits: dict[Path, str] = {}
@@ -111,6 +115,8 @@ def check_dataset(pattern: str, tokenizer: TokenizerIdentity, *, verify: bool = 
                 f"the shards in {folder} were made by tokenizer {made_by.get('name')} (sha256 "
                 f"{str(made_by.get('sha256'))[:12]}, {made_by.get('vocab_size')} pieces) but data.tokenizer is "
                 f"{tokenizer.describe()}; use the tokenizer named in {manifest_path}, or rebuild the shards")
+        if not small_val_split:
+            _refuse_small_val_split(manifest, manifest_path)
         listed = {folder / s["file"]: (name, s) for name, split in manifest.get("splits", {}).items()
                   for s in split.get("shards", [])}
         mine = [f for f in files if f.parent == folder]
@@ -129,6 +135,17 @@ def check_dataset(pattern: str, tokenizer: TokenizerIdentity, *, verify: bool = 
                 raise DataError(f"{manifest_path} lists {f.name} in the {name} split but the file is missing: the "
                                 "folder is incomplete; rebuild it with pgolf data")
     return Dataset(pattern, files, splits, sha, verified)
+
+
+def _refuse_small_val_split(manifest: dict[str, Any], path: Path) -> None:
+    split = manifest.get("validation", {})
+    docs, asked = split.get("docs"), split.get("requested_docs")
+    if isinstance(docs, int) and isinstance(asked, int) and docs < asked:
+        raise DataError(
+            f"{path} says its validation split is {docs} documents, cut by pgolf data's small-corpus rule "
+            f"(the corpus had fewer than twice the {asked} asked for); the official data script refuses such a corpus, and so does the baseline "
+            f"preset (data.small_val_split=false). Rebuild with pgolf data --num-val-docs at most half the "
+            f"corpus's documents, or set data.small_val_split=true to train on it anyway")
 
 
 def check_disjoint(train: Dataset, val: Dataset) -> None:

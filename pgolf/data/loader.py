@@ -12,8 +12,10 @@ per step, ``T`` tokens per sequence, ``W`` ranks and ``A`` accumulation micro-st
 So the set of sequences a step trains on depends only on ``(seed, shards, s, G, T)``, never
 on ``W`` or ``A``, and a resumed run sees exactly the tokens it would have. Only the slices a
 batch needs are read (``os.pread`` on files held open, not memory maps: a shard truncated
-under a running job then gives a :class:`LoaderError` naming it instead of a bus error), and
-with ``vocab_size`` every batch is checked to hold only ids below it.
+under a running job then gives a :class:`LoaderError` naming it instead of a bus error; one
+rewritten in place, even at the same size, is caught by its size and modification time, checked
+with ``fstat`` before every read), and with ``vocab_size`` every batch is checked to hold only
+ids below it.
 
 ``order="official"`` serves the tokens of the official ``train_gpt.py`` instead: with
 ``L = G / (W*A)`` tokens per micro-batch, every micro-step (``k = s*A + m`` in the whole run)
@@ -43,6 +45,12 @@ def _order_key(seed: int, name: str) -> str:
     return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
 
 
+def _stamp(handle) -> tuple[int, int]:
+    """The size and modification time (ns) of an open file: a rewrite in place changes one of them."""
+    st = os.fstat(handle.fileno())
+    return st.st_size, st.st_mtime_ns
+
+
 class TokenLoader:
     """Serves ``(x, y)`` micro-batches of the shards matching ``pattern`` (see module doc)."""
 
@@ -60,6 +68,7 @@ class TokenLoader:
         self.files = files
         self.sizes = [shard_token_count(f) for f in files]
         self._handles = [open(f, "rb") for f in files]
+        self._stamps = [_stamp(h) for h in self._handles]
         self.starts = np.cumsum([0] + self.sizes)
         self.total = int(self.starts[-1])
         if self.total == 0:
@@ -84,7 +93,7 @@ class TokenLoader:
     def _tokens(self, i: int, offset: int, count: int) -> np.ndarray:
         """``count`` tokens of shard ``i`` from ``offset``, checked against the vocabulary."""
         data = os.pread(self._handles[i].fileno(), 2 * count, HEADER_BYTES + 2 * offset)
-        if len(data) != 2 * count:
+        if len(data) != 2 * count or _stamp(self._handles[i]) != self._stamps[i]:
             raise LoaderError(f"shard {self.files[i]} changed while it was being read (it held {self.sizes[i]} "
                               "tokens at start); do not rewrite shards under a running job")
         tokens = np.frombuffer(data, dtype="<u2")

@@ -33,7 +33,7 @@ import torch
 
 from pgolf.config import CacheConfig
 from pgolf.config.sections import CACHE_LAM_RULES, CACHE_SIMILARITIES
-from pgolf.eval.predictor import ChunkBatch, HiddenStates, Predictor, ScoredBatch
+from pgolf.eval.predictor import ChunkBatch, HiddenStates, Predictor, ScoredBatch, finish_predictor
 from triton_kernels.neural_cache import cache_log_probs, mix_log_probs
 
 STREAM = -1  # the one cache key when the cache spans documents
@@ -138,6 +138,10 @@ class NeuralCache:
         self._scored = None
         self.insert(h, scored.targets, batch.lanes[batch.rows])
         self.inner.update(scored)
+
+    def finish(self, *, out_of_time: bool) -> None:
+        """Passes the engine's ``finish`` on to the predictor below (:func:`pgolf.eval.predictor.finish_predictor`)."""
+        finish_predictor(self.inner, out_of_time=out_of_time)
 
     def insert(self, keys: torch.Tensor, labels: torch.Tensor, lanes: torch.Tensor) -> None:
         """Add scored positions: hidden states ``keys [n, D]``, the tokens that followed them

@@ -5,13 +5,17 @@ For each step of its share of the :class:`~pgolf.eval.schedule.Schedule` a rank 
 their shape and finiteness, gathers ``nll_i = -log p_i(t_i)``, adds NLL and bytes to the step's
 slot of a :class:`~pgolf.eval.scoring.BpbAccumulator`, and only then calls ``update``. The slots
 are all-reduced once and summed in step order, so the totals are the same for any number of
-ranks (bit for bit on a CPU). Optionally every scored position is recorded (:class:`TokenRecord`)
-and full distributions are kept at chosen positions (for the audit).
+ranks (bit for bit on a CPU) as long as the predictor scores a step the same on any rank (a
+warm-started TTT adapter or a cross-document cache carries state along its rank's steps).
+Optionally every scored position is recorded (:class:`TokenRecord`) and full distributions are
+kept at chosen positions (for the audit).
 
 Time budget: with ``max_seconds > 0``, before each step the engine checks whether the elapsed
 scoring + adaptation time plus the longest step so far would pass the budget; from then on every
 remaining step on that rank is scored by ``fallback`` (the plain model) and counted in
-:attr:`EvalResult.fallback_tokens`. Nothing is dropped.
+:attr:`EvalResult.fallback_tokens`. Nothing is dropped. The predictor is told when the engine stops
+using it on this rank (:func:`~pgolf.eval.predictor.finish_predictor`): at that switch, or after the
+rank's last step.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import torch.distributed as dist
 
 from pgolf.data.tokenizer import ByteTable
 from pgolf.eval.geometry import Geometry, Plan
-from pgolf.eval.predictor import ChunkBatch, Predictor, ScoredBatch
+from pgolf.eval.predictor import ChunkBatch, Predictor, ScoredBatch, finish_predictor
 from pgolf.eval.schedule import Schedule, Step, build_schedule
 from pgolf.eval.scoring import BpbAccumulator, Score, token_bytes
 from pgolf.util.device import sync
@@ -156,6 +160,7 @@ def evaluate_geometry(geometry: Geometry | Plan, predictor: Predictor, tokens: A
         step = schedule.steps[index]
         spent = result.seconds["score"] + result.seconds["adapt"]
         if max_seconds > 0 and active is not fallback and spent + longest > max_seconds:
+            finish_predictor(active, out_of_time=True)
             active = fallback
         t0 = clock()
         batch = make_batch(step, toks, schedule.seq, chunk_sizes, device)
@@ -184,6 +189,8 @@ def evaluate_geometry(geometry: Geometry | Plan, predictor: Predictor, tokens: A
         result.seconds["score"] += t1 - t0
         result.seconds["adapt"] += t2 - t1
         longest = max(longest, t2 - t0)
+    if active is predictor:
+        finish_predictor(predictor, out_of_time=False)
     acc.all_reduce()
     result.score = acc.result()
     if dist.is_available() and dist.is_initialized():

@@ -24,16 +24,18 @@ from pgolf.config import RunConfig, split_mode
 from pgolf.data.tokenizer import ByteTable
 from pgolf.eval.engine import EvalResult, evaluate_geometry
 from pgolf.eval.geometry import Geometry, make_geometry
-from pgolf.eval.cache import NeuralCache
 from pgolf.eval.predictor import PlainModel, Predictor
-from pgolf.eval.ttt import make_ttt
 from pgolf.model.gpt import GPT
 from pgolf.util.device import sync
 
 
-STACKABLE = {
-    "cache": lambda inner, model, cfg, device: NeuralCache.from_config(inner, cfg.cache, cfg.model.vocab_size),
-}
+def _neural_cache(inner: Predictor, model: GPT, cfg: RunConfig, device: torch.device) -> Predictor:
+    from pgolf.eval.cache import NeuralCache  # imported only by a mode with a cache (pgolf submit leaves it out)
+
+    return NeuralCache.from_config(inner, cfg.cache, cfg.model.vocab_size)
+
+
+STACKABLE = {"cache": _neural_cache}
 
 
 def geometry_for(cfg: RunConfig, mode: str) -> Geometry:
@@ -51,6 +53,8 @@ def predictor_for(cfg: RunConfig, mode: str, model: GPT, device: torch.device, *
     if "ttt" in names[1:]:
         raise ValueError(f"eval mode {mode!r}: ttt adapts the model itself and must come first (e.g. ttt+cache)")
     if names[:1] == ["ttt"]:
+        from pgolf.eval.ttt import make_ttt  # imported only by a TTT mode (pgolf submit leaves it out)
+
         names.pop(0)
         plan = geometry_for(cfg, mode).plan(torch.as_tensor(np.asarray(tokens)))
         predictor: Predictor = make_ttt(model, cfg.ttt, plan, device, batch_docs=cfg.eval.batch_docs,

@@ -24,6 +24,12 @@ and get one chunk per row, each document's chunks in order, ``update`` between t
 
 :class:`PlainModel` is the first predictor: the trained model, unchanged by what it scores.
 
+Optional: a predictor with a method ``finish(*, out_of_time: bool)`` is told when the engine stops
+using it on a rank (:func:`finish_predictor`): after the rank's last step, or when the eval time budget
+ran out and the plain model scores the rest (``out_of_time``). One that takes part in collectives
+across ranks (LoRA TTT's phases) joins or calls off there the ones it still owes, so no rank waits
+for a rank that stopped using it. A predictor that wraps another passes the call on.
+
 Optional: a predictor that can also give the final hidden states (before the output head) it
 scored with implements :class:`HiddenStates`; a neural cache (:mod:`pgolf.eval.cache`) wraps any
 such predictor, e.g. the plain model or a test-time-trained one (its hidden states then come from
@@ -97,6 +103,13 @@ class HiddenStates(Protocol):
         """``(log_probs [n, V], hidden [n, D])`` at the scored positions, from one forward; the
         log-probabilities are exactly those :meth:`Predictor.log_probs` returns."""
         ...
+
+
+def finish_predictor(predictor: object, *, out_of_time: bool) -> None:
+    """Call ``predictor.finish(out_of_time=...)`` if it has one (module docstring)."""
+    finish = getattr(predictor, "finish", None)
+    if finish is not None:
+        finish(out_of_time=out_of_time)
 
 
 class PlainModel:

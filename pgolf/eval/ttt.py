@@ -22,16 +22,33 @@ document's last chunk into the adapters and takes one AdamW step (beta1 = 0,
 :func:`triton_kernels.lora.lora_adamw_step_`). A new group starts with ``B = 0``, a zero second
 moment and step, and ``A`` kept (``ttt.warm_start_a``) or drawn afresh.
 
+Depth recurrence: a looped block runs several times per forward, and each pass has its own adapters
+(one per *virtual* layer, as the record: its 11 blocks with 3..5 looped twice more carry 17 sets),
+named by the virtual layer; a module's hook takes its adapters in the order the forward runs them.
+
 Global SGD phases (``ttt.phases = K``, A.2.7): boundary ``k`` is ``floor(phase_docs k / K)``
 documents in group order; phase ``k`` comes after the group ``g_k`` where the count reaches it,
 trains every model weight on the tokens of the first ``boundary_k`` documents (cumulative: each
 phase retrains the earlier ones), in chunks of ``ttt.phase_chunk_tokens`` (the last one skipped),
 ``c``-th chunk at ``lr_c = phase_lr (1 + cos(pi c / (N_c - 1))) / 2``, SGD with momentum, the
 global gradient norm clipped; then a fresh adapter set. The tokens are those the predictor was
-shown (inputs and scored targets), so only scored documents are ever trained on. With several
-ranks, a rank joins phase ``k`` after its last group ``<= g_k`` (all ranks have then scored every
-document of those groups); the seen tokens are all-reduced (MAX) and gradients summed with
-``torch.distributed`` collectives, the chunk's sequences dealt round-robin to ranks.
+shown (inputs and scored targets), so only scored documents are ever trained on.
+
+Several ranks: a rank joins phase ``k`` after its last group ``<= g_k`` and before its first group
+``> g_k`` (a rank with no group joins them all at :meth:`LoraTTT.finish`); the collectives then
+wait until every rank has scored every document of the groups ``<= g_k``. Each phase starts with an
+all-reduce in which the ranks agree to run it: a rank that ran out of the eval time budget
+(:meth:`LoraTTT.finish` with ``out_of_time``; the engine scores its remaining chunks with the plain
+model) votes no, and then no rank runs that phase or any later one (counted in
+``phases_cancelled``), so no rank ever waits for one that stopped adapting. The seen tokens are
+all-reduced (MAX) and the gradients summed, the chunk's sequences dealt round-robin to ranks.
+The totals do not depend on the number of ranks when ``ttt.warm_start_a`` is off (each group
+draws its ``A`` from its own seed; every rank applies the same phase updates): bit for bit when a
+phase chunk holds at most two ``window``-long sequences (a sum of two floats does not depend on
+its order), up to float summation order otherwise. With ``warm_start_a`` on they do, by design:
+a slot's ``A`` carries what it learned on the earlier groups *of its rank* (the record's A also
+depends on which batches its rank took, RECORD_STACK.md A.2.5 and A.2.8; here the groups are dealt
+statically, so a run is reproducible for a given number of ranks).
 
 Faults: a document whose adapters (or scores) turn non-finite falls back to the plain model for
 its remaining chunks (its adapters are zeroed, the delta is exactly 0), counted in
@@ -72,15 +89,18 @@ class _TiedHead(nn.Module):
 
 
 def adapter_sites(model: GPT, places: list[str]) -> list[tuple[str, nn.Module | None, int, int]]:
-    """``(name, module, in, out)`` of every adapter, blocks first; the head's module is None for a tied head."""
+    """``(name, module, in, out)`` of every adapter: the blocks' in the order the forward runs them, one
+    set per virtual layer ``v`` (a looped block appears once per pass, named by ``v``), then the head
+    (its module is None for a tied head)."""
     d = model.cfg.model_dim
+    encoder, decoder = model.orders[bool(model.cfg.num_loops) and bool(model.looping)]
     sites = []
-    for i, block in enumerate(model.blocks):
-        attn = block.attn
+    for v, i in enumerate(encoder + decoder):
+        attn, mlp = model.blocks[i].attn, model.blocks[i].mlp
         for place, module, n_out in (("q", attn.c_q, attn.c_q.out_features), ("k", attn.c_k, attn.c_k.out_features),
-                                     ("v", attn.c_v, attn.c_v.out_features), ("o", attn, d), ("mlp", block.mlp, d)):
+                                     ("v", attn.c_v, attn.c_v.out_features), ("o", attn, d), ("mlp", mlp, d)):
             if place in places:
-                sites.append((f"{place}{i}", module, d, n_out))
+                sites.append((f"{place}{v}", module, d, n_out))
     if "head" in places:
         sites.append(("head", model.lm_head, d, model.cfg.vocab_size))
     return sites
@@ -107,7 +127,7 @@ class LoraTTT:
         self.scale = cfg.alpha / cfg.rank
         self.window, self.rank, self.world_size = window, rank, world_size
         self.plan, self.schedule = plan, schedule
-        self.counts = {"fallback_docs": 0, "fallback_tokens": 0, "phases": 0, "phase_steps": 0}
+        self.counts = {"fallback_docs": 0, "fallback_tokens": 0, "phases": 0, "phase_steps": 0, "phases_cancelled": 0}
         self._index_schedule()
         width = max((len(schedule.steps[g[0]].lane) for g in schedule.groups), default=1)
         self.flat = torch.zeros(width, self.layout.numel, device=self.device, requires_grad=True)
@@ -115,9 +135,8 @@ class LoraTTT:
         self.step = torch.zeros(width, dtype=torch.int64, device=self.device)
         self.seen = torch.full((int(plan.stop.max()) if len(plan) else 1,), -1, dtype=torch.int32)
         self._fresh_a(0)
-        self._pos = 0  # index into self.my_groups of the group being scored
-        if self.my_groups:
-            self._start_group()
+        self._pos = -1  # index into self.my_groups of the group being scored (-1: none yet)
+        self.steps_left = 0
 
     def _index_schedule(self) -> None:
         s, plan = self.schedule, self.plan
@@ -159,23 +178,38 @@ class LoraTTT:
     @contextmanager
     def _adapted(self, views: list[tuple[torch.Tensor, torch.Tensor]], lengths: torch.Tensor,
                  head_lengths: torch.Tensor) -> Iterator[None]:
-        """Hooks adding every adapter's delta to its module's output; a tied head becomes a module meanwhile."""
+        """Hooks adding every adapter's delta to its module's output, a looped module's ``k``-th call
+        getting its ``k``-th adapter; a tied head becomes a module meanwhile. For one forward."""
         handles, tied = [], None
         impl = self.cfg.impl
+        passes: dict[nn.Module, list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        for (name, module, _, _), (A, B) in zip(self.sites, views):
+            if name == "head" and module is None:
+                tied = self.model.lm_head = _TiedHead(self.model.tok_emb)
+                module = tied
+            passes.setdefault(module, []).append((name, A, B, head_lengths if name == "head" else lengths))
 
-        def hook(A: torch.Tensor, B: torch.Tensor, n: torch.Tensor):
+        used = dict.fromkeys(passes, 0)
+        changed = ("the model's layer order is not the one the predictor was built for (model.set_looping since?): "
+                   "build the TTT predictor for the looping state it scores with")
+
+        def hook(calls: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]):
             def add(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-                delta = lora_linear(args[0], A, B, scale=self.scale, lengths=n, impl=impl)
-                return out + delta.to(out.dtype)
+                if used[module] == len(calls):
+                    raise RuntimeError(f"LoraTTT: {type(module).__name__} ran more than {len(calls)} time(s): {changed}")
+                _, A, B, n = calls[used[module]]
+                used[module] += 1
+                return out + lora_linear(args[0], A, B, scale=self.scale, lengths=n, impl=impl).to(out.dtype)
             return add
 
         try:
-            for (name, module, _, _), (A, B) in zip(self.sites, views):
-                if name == "head" and module is None:
-                    tied = self.model.lm_head = _TiedHead(self.model.tok_emb)
-                    module = tied
-                handles.append(module.register_forward_hook(hook(A, B, head_lengths if name == "head" else lengths)))
+            for module, calls in passes.items():
+                handles.append(module.register_forward_hook(hook(calls)))
             yield
+            short = [f"{calls[0][0]}: {used[m]} of {len(calls)}" for m, calls in passes.items() if used[m] < len(calls)]
+            if short:
+                raise RuntimeError(f"LoraTTT: adapted modules ran fewer times than they have adapters ({short[0]}): "
+                                   f"{changed}")
         finally:
             for h in handles:
                 h.remove()
@@ -194,6 +228,7 @@ class LoraTTT:
             return self.model.logits_from_hidden(hs)[rows, j].float().log_softmax(-1), h
 
     def _slots(self, batch: ChunkBatch) -> torch.Tensor:
+        self.current_group()
         lanes = batch.lanes.tolist()
         if any(lane not in self.slot_of for lane in lanes):
             raise ValueError(f"LoraTTT got documents {lanes[:5]} outside its current group: the predictor must be "
@@ -227,12 +262,28 @@ class LoraTTT:
             lora_reset_(self.flat.data, self.v, self.step, docs=docs, keep=self.layout.a_numel,
                         init=torch.zeros_like(self.flat.data), impl="torch")
 
+    def current_group(self) -> int:
+        """The group being scored; at the first call, after the phases due before this rank's first group."""
+        if self._pos < 0:
+            self._enter(0)
+        return self.my_groups[self._pos]
+
     def update(self, scored: ScoredBatch) -> None:
         self._remember(scored.batch, scored.targets)
         self._train(scored.batch, scored.nll)
         self.steps_left -= 1
         if self.steps_left == 0:
-            self._next_group()
+            self._enter(self._pos + 1)
+
+    def finish(self, *, out_of_time: bool) -> None:
+        """The engine's last call on this rank: after its last step, or when the time budget ran out and
+        the plain model scores the rest (``out_of_time``). Joins the phases this rank still owes (a rank
+        without groups owes them all), or, out of time, votes them off on every rank (module docstring)."""
+        if out_of_time:
+            if self.phase_after:
+                self._agree(out_of_time=True)
+        else:
+            self._enter(len(self.my_groups))
 
     def _train(self, batch: ChunkBatch, nll: torch.Tensor) -> None:
         """One AdamW step on ``sum_b mean_t nll`` over the rows that are not their document's last chunk."""
@@ -260,22 +311,36 @@ class LoraTTT:
         for b, (c, n) in enumerate(zip(ctx, lengths)):
             self.seen[c:c + n] = inputs[b, :n].to(torch.int32)
 
-    def _next_group(self) -> None:
-        self._pos += 1
-        nxt = self.my_groups[self._pos] if self._pos < len(self.my_groups) else math.inf
-        while self.phase_after and nxt > self.phase_after[0][0]:
+    def _enter(self, pos: int) -> None:
+        """Run the phases due before ``my_groups[pos]`` (all that remain past the last), then start it."""
+        nxt = self.my_groups[pos] if pos < len(self.my_groups) else math.inf
+        while self.phase_after and nxt > self.phase_after[0][0] and self._agree(out_of_time=False):
             _, bound = self.phase_after.pop(0)
             self._phase(bound)
-        if self._pos < len(self.my_groups):
+        self._pos = pos
+        if pos < len(self.my_groups):
             self._start_group()
+
+    def _agree(self, *, out_of_time: bool) -> bool:
+        """Whether every rank runs the next phase: no when any rank is out of time, and then no phase runs
+        any more on any rank (one MAX all-reduce of the votes, also when this rank votes no)."""
+        vote = torch.tensor([int(out_of_time)], dtype=torch.int32, device=self.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+        if int(vote.item()):
+            self.counts["phases_cancelled"] += len(self.phase_after)
+            self.phase_after.clear()
+            return False
+        return True
 
     def _phase(self, bound: int) -> None:
         """One global SGD phase on the first ``bound`` documents in group order (module docstring)."""
         cfg, model = self.cfg, self.model
-        seen = self.seen.clone()
+        seen = self.seen.to(self.device, copy=True)
         distributed = dist.is_available() and dist.is_initialized()
         if distributed:
             dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+        seen = seen.cpu()
         lanes = np.concatenate(self.group_lanes)[:bound]
         stream = torch.cat([seen[a:z] for a, z in self.span[lanes]]).to(torch.int64)
         if bool((stream < 0).any()):

@@ -13,7 +13,8 @@ Architecture (``ModelConfig`` defaults = the official baseline, 17,059,912 param
 - MLP: ``proj(relu(fc(x))^2)`` with hidden width ``mlp_mult * model_dim``;
 - output projections (attention ``proj``, MLP ``proj``, an untied head) start at zero;
 - logits = ``softcap * tanh(h @ E^T / softcap)`` with ``E`` the tied embedding
-  (init std ``tied_embed_init_std``) or an untied ``lm_head``.
+  (init std ``tied_embed_init_std``) or an untied ``lm_head``; the loss of the raw logits is
+  :mod:`pgolf.model.loss`'s, through the fused Triton kernel when ``loss_impl`` says so.
 
 Dtypes (:meth:`GPT.place`): every parameter float32 (``dtype_layout="fp32"``), or the official
 script's layout (``"official"``): its ``.bfloat16()`` followed by restoring the linear layers and the
@@ -171,9 +172,9 @@ class GPT(nn.Module):
     def token_nll(self, input_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
         """Per-token negative log-likelihood in nats, float32 ``[B, T]``."""
         return softcapped_cross_entropy(self.raw_logits(self.hidden_states(input_ids)), target_ids,
-                                        cap=self.cfg.logit_softcap, reduction="none")
+                                        cap=self.cfg.logit_softcap, reduction="none", impl=self.cfg.loss_impl)
 
     def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy in nats over all target tokens (the training loss)."""
         return softcapped_cross_entropy(self.raw_logits(self.hidden_states(input_ids)), target_ids,
-                                        cap=self.cfg.logit_softcap)
+                                        cap=self.cfg.logit_softcap, impl=self.cfg.loss_impl)

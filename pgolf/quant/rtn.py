@@ -13,8 +13,6 @@ from typing import Mapping
 import torch
 
 from pgolf.config import QuantConfig
-from pgolf.quant.gptq import GPTQError, gptq_codes
-from pgolf.quant.lqer import apply_lqer, lqer_correction
 from pgolf.quant.plan import tensor_bits, tensor_sigma
 from pgolf.quant.qtensor import QTensor
 from triton_kernels.fake_quant import quantize_codes, row_scales
@@ -34,6 +32,8 @@ def quantize_tensor(w: torch.Tensor, *, bits: int, rule: str, percentile: float,
     if hessian is None:
         codes = quantize_codes(w, scale, bits)
     else:
+        from pgolf.quant.gptq import gptq_codes  # GPTQ only (pgolf submit leaves it out)
+
         codes = gptq_codes(w, hessian, scale.cpu(), bits, **(gptq or {}))
     return QTensor(codes=codes.cpu(), scale=scale.cpu(), bits=bits, shape=tuple(w.shape), dtype=w.dtype)
 
@@ -64,6 +64,8 @@ def quantize_state_dict(state_dict: Mapping[str, torch.Tensor], qcfg: QuantConfi
             hessian = None if hessians is None else hessians.get(name)
             report[name] = "rtn"
             if hessian is not None:
+                from pgolf.quant.gptq import GPTQError
+
                 try:
                     out[name] = quantize_tensor(t, hessian=hessian, gptq=gptq, **kwargs)
                     report[name] = "gptq"
@@ -76,6 +78,8 @@ def quantize_state_dict(state_dict: Mapping[str, torch.Tensor], qcfg: QuantConfi
         else:
             out[name] = t.detach().cpu()
     if qcfg.lqer_top_k > 0:
+        from pgolf.quant.lqer import apply_lqer  # LQER only (pgolf submit leaves it out)
+
         apply_lqer(out, state_dict, top_k=qcfg.lqer_top_k, rank=qcfg.lqer_rank)
     return out
 
@@ -89,8 +93,13 @@ def dequantize_state_dict(entries: Mapping[str, QTensor | torch.Tensor],
     """
     out = {}
     entries = dict(entries)
-    corrections = {name: lqer_correction(entries.pop(f"{name}.lqer_a"), entries.pop(f"{name}.lqer_b"))
-                   for name in [n[: -len(".lqer_a")] for n in entries if n.endswith(".lqer_a")]}
+    corrected = [n[: -len(".lqer_a")] for n in entries if n.endswith(".lqer_a")]
+    corrections = {}
+    if corrected:
+        from pgolf.quant.lqer import lqer_correction
+
+        corrections = {name: lqer_correction(entries.pop(f"{name}.lqer_a"), entries.pop(f"{name}.lqer_b"))
+                       for name in corrected}
     for name, e in entries.items():
         t = e.dequantize() if isinstance(e, QTensor) else e
         if name in corrections:

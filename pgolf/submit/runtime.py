@@ -5,7 +5,9 @@ The configuration baked into the script is the run's, with three differences: th
 is ``runs/<RUN_ID or name>_seed<SEED>/`` beside the script (a rerun of one seed replaces it, as the
 official script overwrites its logs), the embedded demo corpus is never built (the script reads
 the shards it is given), and the counted code bytes are the script's own size on disk (the shipped
-file: the two-line wrapper when the submission uses one).
+file: the two-line wrapper when the submission uses one). A script that carries pgolf's C++ codec
+source (``native``) builds it into ``build/codec/`` beside itself before anything else
+(:mod:`pgolf.submit.native`).
 """
 from __future__ import annotations
 
@@ -34,11 +36,19 @@ def resolve(config: Mapping[str, Any], script: str | os.PathLike, environ: Mappi
     return cfg
 
 
-def main(config: Mapping[str, Any], script: str | os.PathLike) -> int:
-    """Train, export, reload and score per the baked ``config`` (see the module docstring); returns
-    the exit code: 0, 2 for a configuration error, 1 for any other error named on stderr."""
+def main(config: Mapping[str, Any], script: str | os.PathLike, native: Mapping[str, str] | None = None) -> int:
+    """Train, export, reload and score per the baked ``config`` (see the module docstring), after
+    building the C++ codec from ``native`` (``{file name: source}``) when given; returns the exit
+    code: 0, 2 for a configuration error, 1 for any other error named on stderr."""
     try:
         cfg = resolve(config, script, os.environ)
+        if native:
+            from pgolf.submit.native import build_codec  # only a script that carries the C++ codec
+
+            folder = Path(script).resolve().parent / "build" / "codec"
+            seconds = build_codec(dict(native), folder)
+            if seconds:
+                print(f"native codec: compiled pgolf._codec from the embedded C++ source in {seconds:.1f}s ({folder})")
         counted = os.path.getsize(script)
         export.code_bytes = lambda: counted  # this script is the whole of the counted code
         run_training(cfg, DistEnv.from_environ(os.environ), overwrite=True)

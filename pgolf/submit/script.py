@@ -5,7 +5,9 @@ Layout of the generated script: a docstring; the importer of :mod:`pgolf.submit.
 ``CONFIG`` (the run's configuration, the defaults the official environment names override);
 ``SOURCES`` (``{module: (is_package, source)}``: the import closure of
 :mod:`pgolf.submit.runtime`, minus what :func:`pgolf.submit.features.left_out` leaves out, each
-module's text verbatim or minified); and a main block that installs the importer and calls
+module's text verbatim or minified); ``NATIVE`` (``{file name: text}``: pgolf's C++ codec
+source, ``csrc/``, when the configuration's codec needs it, :func:`pgolf.submit.features.needs_native`;
+else empty); and a main block that installs the importer and calls
 :func:`pgolf.submit.runtime.main`. A left-out module that a bundled module imports at its top
 level is replaced by a stub whose every attribute raises, naming the reason.
 """
@@ -18,18 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from pgolf.config import RunConfig
-from pgolf.submit.features import left_out, unsupported
+from pgolf.submit.features import left_out, needs_native, unsupported
 from pgolf.submit.graph import closure, parents
 
 ROOTS = ("pgolf", "triton_kernels")
 ENTRY = "pgolf.submit.runtime"
 SEARCH_ROOT = Path(__file__).resolve().parents[2]
+NATIVE_DIR = "csrc"
+NATIVE_SUFFIXES = (".cpp", ".h")
 
 _MAIN = '''
 if __name__ == "__main__":
     install(SOURCES, ROOTS, __file__)
     from pgolf.submit.runtime import main
-    raise SystemExit(main(CONFIG, __file__))
+    raise SystemExit(main(CONFIG, __file__, NATIVE))
 '''
 
 _STUB = '''"""Left out of this submission: {reason}."""
@@ -51,11 +55,23 @@ class BundleError(ValueError):
 
 @dataclass(frozen=True)
 class Bundle:
-    """What goes into the script: ``sources`` (``{module: (is_package, source)}``, stubs included)
-    and ``left_out`` (``{module: reason}``, stubbed or not)."""
+    """What goes into the script: ``sources`` (``{module: (is_package, source)}``, stubs included),
+    ``left_out`` (``{module: reason}``, stubbed or not) and ``native`` (``{file name: C++ source}``)."""
 
     sources: dict[str, tuple[bool, str]]
     left_out: dict[str, str]
+    native: dict[str, str]
+
+
+def native_sources(search_root: Path = SEARCH_ROOT) -> dict[str, str]:
+    """pgolf's C++ codec source (``csrc/*.cpp``, ``csrc/*.h``) as ``{file name: text}``; raises
+    :class:`BundleError` when ``search_root`` has none (a pgolf install without its sources)."""
+    folder = search_root / NATIVE_DIR
+    files = sorted(p for p in folder.glob("*") if p.suffix in NATIVE_SUFFIXES) if folder.is_dir() else []
+    if not files:
+        raise BundleError(f"the run's codec needs pgolf's C++ codec, whose source {folder} is missing; submit from a "
+                          "pgolf checkout, or train with --set quant.codec=zlib")
+    return {p.name: p.read_text(encoding="utf-8") for p in files}
 
 
 def plan_bundle(cfg: RunConfig, search_root: Path = SEARCH_ROOT) -> Bundle:
@@ -73,7 +89,8 @@ def plan_bundle(cfg: RunConfig, search_root: Path = SEARCH_ROOT) -> Bundle:
             if missing:
                 raise BundleError(f"stub {name} needs packages {missing} that the bundle lacks")
             sources[name] = (False, _STUB.format(module=name, reason=reason))
-    return Bundle(dict(sorted(sources.items())), dropped)
+    native = native_sources(search_root) if needs_native(cfg) else {}
+    return Bundle(dict(sorted(sources.items())), dropped, native)
 
 
 def _literal(text: str) -> str:
@@ -107,6 +124,7 @@ def render(bundle: Bundle, config: dict[str, Any], *, title: str) -> str:
            + (f"\nLeft out (the configuration does not use them):{left}" if left else "") + "\n")
     modules = "".join(f"    {name!r}: ({is_package}, {_literal(src)}),\n"
                       for name, (is_package, src) in bundle.sources.items())
+    native = "".join(f"    {name!r}: {_literal(src)},\n" for name, src in bundle.native.items())
     return (f'"""{doc}"""\n{loader}\nROOTS = {ROOTS!r}\n'
             f"CONFIG = {pprint.pformat(config, width=110, sort_dicts=False)}\n"
-            f"SOURCES = {{\n{modules}}}\n{_MAIN}")
+            f"SOURCES = {{\n{modules}}}\nNATIVE = {{\n{native}}}\n{_MAIN}")

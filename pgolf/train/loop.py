@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from pgolf.config import TrainConfig
 from pgolf.data.loader import TokenLoader
+from pgolf.model.gpt import GPT
 from pgolf.optim.optimizers import Optimizers
 from pgolf.train.checkpoint import non_finite_tensors, rng_state, set_rng_state
 from pgolf.train.runlog import RunLog
@@ -104,17 +105,32 @@ class Trainer:
 
     def warm_up_compile(self) -> None:
         """Run ``warmup_steps`` real steps on training batches so ``torch.compile`` compiles, then
-        restore the exact initial model and optimiser state (validation data is never touched)."""
+        restore the exact initial model and optimiser state (validation data is never touched).
+
+        A model with depth recurrence (``model.num_loops``) runs them once per topology, unlooped
+        then looped (RECORD_STACK.md B.11), so the switch at ``loop_enable_frac`` finds both
+        compiled and never compiles inside the timed region; its loop switch is restored too.
+        """
         init_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         init_opt = self.opts.state_dict()
-        for w in range(self.tcfg.warmup_steps):
-            self.hooks.before_step(0, 0.0)
-            self.train_step(w)
-            self.opts.step()
-            self.log.line(f"warmup_step:{w + 1}/{self.tcfg.warmup_steps}")
+        looped = isinstance(self.model, GPT) and bool(self.model.cfg.num_loops)
+        init_looping = bool(self.model.looping) if looped else None
+        topologies = (False, True) if looped else (None,)
+        total = self.tcfg.warmup_steps * len(topologies)
+        for phase, topology in enumerate(topologies):
+            for w in range(self.tcfg.warmup_steps):
+                self.hooks.before_step(0, 0.0)
+                if topology is not None:  # after the hook, which would switch the loop off at step 0
+                    self.model.set_looping(topology)
+                self.train_step(w)
+                self.opts.step()
+                tag = "" if topology is None else f" looping:{int(topology)}"
+                self.log.line(f"warmup_step:{phase * self.tcfg.warmup_steps + w + 1}/{total}{tag}")
         self.model.load_state_dict(init_model)
         self.opts.load_state_dict(copy.deepcopy(init_opt))
         self.opts.zero_grad()
+        if looped:
+            self.model.set_looping(init_looping)
 
     def state(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
         """The full training state at the current step (``rngs``: every rank's generators)."""

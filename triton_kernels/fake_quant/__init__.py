@@ -64,11 +64,15 @@ Kernels (Triton path): the row scales and ``fq(W)`` in ``x.dtype`` come from one
 ``g`` in its epilogue. ``triton_kernels/README.md`` says why the weight is not quantised inside
 the matmul.
 """
-from .ops import dw_tile_config, fake_quant_linear, fq_linear_dw_triton, fq_weight_triton, row_scales, weight_block
+from .ops import (dw_tile_config, fake_quant_linear, fake_quant_weight, fq_linear_dw_triton, fq_weight_triton, row_scales,
+                  weight_block)
 from .reference import (FP16_MAX, MIN_SCALE, RULES, SURROGATES, fake_quant_grad_reference, fake_quant_linear_reference,
-                        fake_quant_reference, fake_quant_weight, qmax_for, quantize_codes, row_scales_reference)
+                        fake_quant_reference, fake_quant_weight_reference, qmax_for, quantize_codes,
+                        row_scales_reference)
+from .step_cache import STEP_CACHE
 
 __all__ = ["FP16_MAX", "MIN_SCALE", "RULES", "SURROGATES", "dw_tile_config", "fake_quant_grad_reference",
            "fake_quant_linear", "fake_quant_linear_reference", "fake_quant_reference", "fake_quant_weight",
+           "fake_quant_weight_reference", "STEP_CACHE",
            "fq_linear_dw_triton", "fq_weight_triton", "qmax_for", "quantize_codes", "row_scales",
            "row_scales_reference", "weight_block"]

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .._dispatch import resolve_impl
 from .reference import (FLOAT_DTYPES, SURROGATES, check_rule, check_temperature, check_weight,
-                        fake_quant_linear_reference, qmax_for, row_scales_reference)
+                        fake_quant_reference, qmax_for, row_scales_reference,
+                        with_fake_quant_grad)
+from .step_cache import STEP_CACHE
 
 
 def row_scales(w: torch.Tensor, *, bits: int, rule: str = "maxabs", percentile: float = 99.99984,
@@ -35,22 +38,22 @@ _RULE_IDS = {"given": 0, "maxabs": 1, "sigma": 2}
 
 
 def dw_tile_config(dtype: torch.dtype, *, on_gpu: bool) -> dict:
-    """Tiles of the dW kernel: 16-wide in the interpreter; on a GPU, untuned choices that compile
-    for sm_90 without register spills (``tests/test_sm90_compile.py``); their speed is unmeasured."""
+    """Every launch setting of the dW kernel for inputs of ``dtype``: the dot's ``PREC`` (``"ieee"``
+    for float32, so fp32 QAT never rounds through TF32; 16-bit dots are exact products either way)
+    and the tiles: 16-wide in the interpreter; on a GPU, untuned choices that compile for sm_90
+    without register spills (``tests/test_sm90_compile.py`` compiles exactly these); their speed is
+    unmeasured."""
+    prec = "ieee" if dtype == torch.float32 else "tf32"
     if not on_gpu:
-        return dict(BM=16, BN=16, BK=16)
+        return dict(PREC=prec, BM=16, BN=16, BK=16)
     if dtype == torch.float32:
-        return dict(BM=64, BN=64, BK=32, num_warps=4, num_stages=2)
-    return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
+        return dict(PREC=prec, BM=64, BN=64, BK=32, num_warps=4, num_stages=2)
+    return dict(PREC=prec, BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
 
 
 def weight_block(cols: int, *, on_gpu: bool) -> int:
     """Row chunk of the weight kernel: the whole row up to 1024 columns on a GPU, 16 in the interpreter."""
     return min(1024, 1 << max(0, cols - 1).bit_length()) if on_gpu else 16
-
-
-def _precision(t: torch.Tensor) -> str:
-    return "ieee" if t.dtype == torch.float32 else "tf32"
 
 
 def _check_flag(t: torch.Tensor, name: str, device: torch.device) -> None:
@@ -150,7 +153,7 @@ def fq_linear_dw_triton(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     grid = (triton.cdiv(N, cfg["BN"]), triton.cdiv(K, cfg["BK"]), split_m)
     k._fq_linear_dw_kernel[grid](dy, x, weight, scale, active, temperature, out, M, N, K, m_per_split,
                                  dy.stride(0), x.stride(0), weight.stride(0), out.stride(0), out.stride(1),
-                                 QMAX=qmax, SOFT=surrogate == "softround", PREC=_precision(x), **cfg)
+                                 QMAX=qmax, SOFT=surrogate == "softround", **cfg)
     return out[0] if split_m == 1 else out.sum(dim=0).to(weight.dtype)
 
 
@@ -165,15 +168,43 @@ def _(w, bits, rule, sigma):
 
 
 @torch.library.custom_op("triton_kernels::fq_weight", mutates_args=())
-def _fq_weight_op(w: torch.Tensor, given_scale: torch.Tensor | None, active: torch.Tensor, bits: int, rule: str,
-                  sigma: float, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    return fq_weight_triton(w.contiguous(), bits=bits, rule=rule, sigma=sigma, scale=given_scale, active=active,
-                            out_dtype=out_dtype)
+def _fq_weight_op(w: torch.Tensor, active: torch.Tensor | None, bits: int, rule: str, percentile: float, sigma: float,
+                  out_dtype: torch.dtype, impl: str, cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, where(active, fq(W), W) in out_dtype)`` (``active`` None: always on), by the Triton
+    kernel or the reference. Opaque to ``torch.compile``: Inductor cannot rewrite its division (as a
+    multiplication by a reciprocal, or an approximate GPU division) or reorder its reductions, so
+    compiled QAT computes exactly what the exporter does. With ``cache`` the result is reused until
+    ``w`` or ``active`` is written (:mod:`.step_cache`: once per optimiser step)."""
+    def compute():
+        return _fq_weight(w, active, bits, rule, percentile, sigma, out_dtype, impl)
+    if not cache:
+        return compute()
+    return STEP_CACHE.get((w, active), ("fq_weight", impl, bits, rule, percentile, sigma, out_dtype), compute)
 
 
 @_fq_weight_op.register_fake
-def _(w, given_scale, active, bits, rule, sigma, out_dtype):
+def _(w, active, bits, rule, percentile, sigma, out_dtype, impl, cache):
     return w.new_empty(w.shape[0], dtype=torch.float16), w.new_empty(w.shape, dtype=out_dtype)
+
+
+def _fq_weight(w: torch.Tensor, active: torch.Tensor | None, bits: int, rule: str, percentile: float, sigma: float,
+               out_dtype: torch.dtype, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if impl == "torch":
+        scale = row_scales_reference(w, bits=bits, rule=rule, percentile=percentile, sigma=sigma)
+        fq_w = fake_quant_reference(w, scale, bits).to(w.dtype)
+        return scale, (fq_w if active is None else torch.where(active, fq_w, w)).to(out_dtype)
+    given = None
+    if rule == "percentile":  # torch.quantile's scales: a per-row selection, not worth a kernel
+        given = row_scales_reference(w, bits=bits, rule=rule, percentile=percentile)
+    return fq_weight_triton(w.contiguous(), bits=bits, rule="given" if given is not None else rule, sigma=sigma,
+                            scale=given, active=active, out_dtype=out_dtype)
+
+
+def _cacheable(weight: torch.Tensor, *, compiled_ok: bool) -> bool:
+    """Cache ``fq(W)`` only for a training forward (autograd keeps the result for the backward, so no
+    one writes into it; under ``torch.compile`` that holds where the result is saved for the
+    backward pass, ``compiled_ok``)."""
+    return torch.is_grad_enabled() and weight.requires_grad and (compiled_ok or not torch.compiler.is_compiling())
 
 
 @torch.library.custom_op("triton_kernels::fq_linear", mutates_args=())
@@ -259,23 +290,43 @@ def fake_quant_linear(x: torch.Tensor, weight: torch.Tensor, *, bits: int, rule:
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x has {x.shape[-1]} features but weight is {tuple(weight.shape)} (out, in)")
     if resolve_impl(impl, x, weight) == "torch":
-        return fake_quant_linear_reference(x, weight, bits=bits, rule=rule, percentile=percentile, sigma=sigma,
-                                           surrogate=surrogate, temperature=temperature, active=active)
+        w_eff = fake_quant_weight(weight, bits=bits, rule=rule, percentile=percentile, sigma=sigma,
+                                  surrogate=surrogate, temperature=temperature, active=active)
+        return F.linear(x, w_eff.to(x.dtype))
     dev = weight.device
     if x.device != dev:
         raise ValueError(f"x is on {x.device} but weight is on {dev}")
     active = _flag_tensor(active, torch.bool, dev, "active")
     temperature = _flag_tensor(temperature, torch.float32, dev, "temperature")
     weight = weight.contiguous()
-    given = None
-    if rule == "percentile":
-        given = row_scales_reference(weight, bits=bits, rule=rule, percentile=percentile)
     dtype = _matmul_dtype(x)
-    scale, wq = _fq_weight_op(weight.detach(), given, active, bits, "given" if given is not None else rule,
-                              float(sigma), dtype)
+    # wq and scale are saved for the backward (dx = dy fq(W)), so caching is safe compiled or not
+    scale, wq = _fq_weight_op(weight.detach(), active, bits, rule, float(percentile), float(sigma), dtype, "triton",
+                              _cacheable(weight, compiled_ok=True))
     x2 = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
     y = _fq_linear_op(x2, wq, weight, scale, active, temperature, bits, surrogate)
     return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def fake_quant_weight(weight: torch.Tensor, *, bits: int, rule: str = "maxabs", percentile: float = 99.99984,
+                      sigma: float = 12.85, surrogate: str = "ste", temperature: float | torch.Tensor = 1.0,
+                      active: bool | torch.Tensor = True) -> torch.Tensor:
+    """``where(active, fq(W), W)`` in ``W.dtype`` with the STE / soft-round gradient.
+
+    For weights used outside a linear layer (a tied embedding: lookup and output head), where
+    the linear :func:`fake_quant_linear` does not apply. ``fq(W)`` equals the exporter's
+    ``dequantize(quantize(W))`` bit for bit, also under ``torch.compile`` with Inductor: it is
+    computed by the reference's torch ops inside one custom op (see ``_fq_weight_op``), once per
+    optimiser step in eager training (every forward when compiled, where nothing keeps it alive).
+    """
+    qmax_for(bits)
+    check_rule(rule, percentile, sigma)
+    check_weight(weight)
+    check_temperature(temperature, surrogate)
+    scale, fq_w = _fq_weight_op(weight.detach(), None, bits, rule, float(percentile), float(sigma), weight.dtype,
+                                "torch", _cacheable(weight, compiled_ok=False))
+    return with_fake_quant_grad(weight, fq_w, scale, bits=bits, surrogate=surrogate, temperature=temperature,
+                                active=active)
 
 
 def _matmul_dtype(x: torch.Tensor) -> torch.dtype:

@@ -107,37 +107,44 @@ def fake_quant_grad_reference(w: torch.Tensor, scale: torch.Tensor, bits: int, *
 
 
 class _FakeQuantWeight(torch.autograd.Function):
-    """``fq(w)`` (cast to ``w.dtype``) with the STE / soft-round gradient (reference path)."""
+    """``fq(w)`` (given, computed in ``w.dtype``) with the STE / soft-round gradient."""
 
     @staticmethod
-    def forward(ctx, w, scale, bits, surrogate, temperature):
+    def forward(ctx, w, fq_w, scale, bits, surrogate, temperature):
         ctx.save_for_backward(w, scale, temperature)
         ctx.bits, ctx.surrogate = bits, surrogate
-        return fake_quant_reference(w, scale, bits).to(w.dtype)
+        return fq_w.view_as(fq_w)
 
     @staticmethod
     def backward(ctx, grad):
         w, scale, temperature = ctx.saved_tensors
         g = fake_quant_grad_reference(w, scale, ctx.bits, surrogate=ctx.surrogate, temperature=temperature)
-        return (grad.float() * g).to(w.dtype), None, None, None, None
+        return (grad.float() * g).to(w.dtype), None, None, None, None, None
 
 
-def fake_quant_weight(weight: torch.Tensor, *, bits: int, rule: str = "maxabs", percentile: float = 99.99984,
-                      sigma: float = 12.85, surrogate: str = "ste", temperature: float | torch.Tensor = 1.0,
-                      active: bool | torch.Tensor = True) -> torch.Tensor:
-    """``where(active, fq(W), W)`` in ``W.dtype`` with the STE / soft-round gradient (pure torch).
-
-    For weights used outside a linear layer (a tied embedding: lookup and output head), where
-    the linear :func:`fake_quant_linear` does not apply. ``fq(W)`` equals the exporter's
-    ``dequantize(quantize(W))`` bit for bit.
-    """
+def with_fake_quant_grad(weight: torch.Tensor, fq_w: torch.Tensor, scale: torch.Tensor, *, bits: int,
+                         surrogate: str, temperature: float | torch.Tensor,
+                         active: bool | torch.Tensor) -> torch.Tensor:
+    """``where(active, fq_w, W)`` whose gradient is the quantiser's (``fq_w = fq(W)`` in ``W.dtype``,
+    ``scale`` its row scales, both computed by the caller)."""
     check_temperature(temperature, surrogate)
-    scale = row_scales_reference(weight, bits=bits, rule=rule, percentile=percentile, sigma=sigma)
     temperature = torch.as_tensor(temperature, dtype=torch.float32, device=weight.device)
-    w_eff = _FakeQuantWeight.apply(weight, scale, bits, surrogate, temperature)
+    w_eff = _FakeQuantWeight.apply(weight, fq_w, scale, bits, surrogate, temperature)
     if isinstance(active, torch.Tensor):
         return torch.where(active, w_eff, weight)
     return w_eff if active else weight
+
+
+def fake_quant_weight_reference(weight: torch.Tensor, *, bits: int, rule: str = "maxabs",
+                                percentile: float = 99.99984, sigma: float = 12.85, surrogate: str = "ste",
+                                temperature: float | torch.Tensor = 1.0,
+                                active: bool | torch.Tensor = True) -> torch.Tensor:
+    """``where(active, fq(W), W)`` in ``W.dtype`` with the STE / soft-round gradient, recomputed in
+    plain torch ops on every call (the oracle of :func:`triton_kernels.fake_quant.fake_quant_weight`)."""
+    check_temperature(temperature, surrogate)
+    scale = row_scales_reference(weight, bits=bits, rule=rule, percentile=percentile, sigma=sigma)
+    return with_fake_quant_grad(weight, fake_quant_reference(weight, scale, bits).to(weight.dtype), scale, bits=bits,
+                                surrogate=surrogate, temperature=temperature, active=active)
 
 
 def fake_quant_linear_reference(x: torch.Tensor, weight: torch.Tensor, *, bits: int, rule: str = "maxabs",
@@ -145,6 +152,6 @@ def fake_quant_linear_reference(x: torch.Tensor, weight: torch.Tensor, *, bits: 
                                 temperature: float | torch.Tensor = 1.0,
                                 active: bool | torch.Tensor = True) -> torch.Tensor:
     """Pure-torch ``F.linear(x, where(active, fq(W), W).to(x.dtype))`` with the module's gradients."""
-    w_eff = fake_quant_weight(weight, bits=bits, rule=rule, percentile=percentile, sigma=sigma,
+    w_eff = fake_quant_weight_reference(weight, bits=bits, rule=rule, percentile=percentile, sigma=sigma,
                               surrogate=surrogate, temperature=temperature, active=active)
     return F.linear(x, w_eff.to(x.dtype))
