@@ -1,0 +1,56 @@
+"""The codec benchmarks' own logic: the column-class floor of benchmarks/codec_artifacts.py, its
+synthetic sets, and the check of benchmarks/bench_codec_decode.py (the harness smoke test in
+test_bench_harness.py runs that module's tiny case end to end)."""
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import bench_codec_decode
+from benchmarks.codec_artifacts import column_class_bits, synthetic_entries
+from benchmarks.codec_sizes import entropy_bits
+from pgolf.quant.qtensor import QTensor
+
+
+def qtensor(codes: np.ndarray) -> QTensor:
+    return QTensor(codes=torch.from_numpy(codes), scale=torch.ones(codes.shape[0], dtype=torch.float16), bits=6,
+                   shape=codes.shape, dtype=torch.float32)
+
+
+def gauss_codes(rng, shape, col_std):
+    return np.clip(np.round(rng.standard_normal(shape) * col_std), -31, 31).astype(np.int8)
+
+
+def test_column_class_floor_sees_column_scales_and_nothing_else():
+    rng = np.random.default_rng(0)
+    spread = gauss_codes(rng, (256, 64), np.repeat([0.7, 6.0], 32))  # two column scales
+    flat = gauss_codes(rng, (256, 64), 2.4)
+    for codes, low, high in ((spread, 0.0, 0.85), (flat, 0.99, 1.0)):
+        ratio = column_class_bits({"blocks.0.mlp.proj.weight": qtensor(codes)}) / entropy_bits(codes)
+        assert low <= ratio <= high + 1e-9, ratio
+
+
+def test_column_class_floor_pools_a_role_across_layers():
+    rng = np.random.default_rng(1)
+    a, b = gauss_codes(rng, (64, 32), 2.4), gauss_codes(rng, (64, 32), 2.4)
+    pooled = column_class_bits({"blocks.0.attn.c_q.weight": qtensor(a), "blocks.1.attn.c_q.weight": qtensor(b)})
+    apart = column_class_bits({"blocks.0.attn.c_q.weight": qtensor(a), "blocks.1.attn.c_k.weight": qtensor(b)})
+    assert pooled > apart  # pooled histograms cannot fit each matrix's sample as closely
+
+
+def test_synthetic_sets():
+    tiny = synthetic_entries("tiny")
+    assert tiny["tok_emb.weight"].codes.shape == (128, 64) and tiny["tok_emb.weight"].bits == 7
+    assert tiny["blocks.1.mlp.proj.weight"].codes.shape == (64, 128)
+    other = synthetic_entries("tiny", seed=12)
+    assert not torch.equal(tiny["tok_emb.weight"].codes, other["tok_emb.weight"].codes)
+    with pytest.raises(ValueError, match="baseline, record, tiny"):
+        synthetic_entries("huge")
+
+
+def test_decode_check_catches_one_wrong_value_and_a_missing_tensor():
+    ref = {"a": np.zeros((3, 4), np.int8), "b": np.ones((2, 2), np.int8)}
+    assert bench_codec_decode.check({k: v.copy() for k, v in ref.items()}, ref) is None
+    wrong = {k: v.copy() for k, v in ref.items()}
+    wrong["a"][2, 3] = 1
+    assert "'a'" in bench_codec_decode.check(wrong, ref)
+    assert "differ" in bench_codec_decode.check({"a": ref["a"]}, ref)
