@@ -91,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, help="time budget per benchmark in seconds "
                         f"(default on full: {FULL_BUDGET_S:g} s shared, what one leaves going to the "
                         "next; none on tiny)")
+    parser.add_argument("--total-s", type=float, help="one time budget shared by all benchmarks, in seconds "
+                        f"(replaces the {FULL_BUDGET_S:g} s of a full run; what one leaves goes to the next)")
     parser.add_argument("--bench-dir", type=Path, help="folder of bench_*.py modules (default: here)")
     args = parser.parse_args(argv)
+    if args.budget_s is not None and args.total_s is not None:
+        parser.error("--budget-s (per benchmark) and --total-s (shared) exclude each other")
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -129,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     peaks = measure_peaks(device)
     print(f"# peaks: {peaks.flops_per_s / 1e12:.3g} TFLOP/s, {peaks.bytes_per_s / 1e9:.4g} GB/s, "
           f"launch {peaks.launch_s * 1e6:.3g} us ({peaks.method})", file=sys.stderr)
-    shared_budget = args.budget_s is None and size == "full"
+    shared_budget = args.total_s is not None or (args.budget_s is None and size == "full")
+    total_s = FULL_BUDGET_S if args.total_s is None else args.total_s
     run_start = time.monotonic()
 
     all_rows = []
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         budget = args.budget_s
         if shared_budget:
-            budget = share_of_budget(FULL_BUDGET_S, start - run_start, len(benches) - i)
+            budget = share_of_budget(total_s, start - run_start, len(benches) - i)
         print(f"[{bench.name}] {size} on {device}" + (f", budget {budget:g} s" if budget else ""),
               file=sys.stderr)
         rows = run_benchmark(bench, size=size, device=device, peaks=peaks, budget_s=budget,

@@ -254,6 +254,22 @@ def test_full_run_budget_passes_unused_time_on():
     assert bench_run.share_of_budget(540, 600, 1) == 1.0  # overrun: still checks, then skips
 
 
+def test_a_total_budget_is_shared_by_the_benchmarks_of_a_run(tmp_path, capsys, monkeypatch):
+    two = _bench_dir(tmp_path / "two", bench_a=TOY_MODULE.format(name="a", extra=""),
+                     bench_b=TOY_MODULE.format(name="b", extra=""))
+    budgets = []
+    real = bench_run.run_benchmark
+    monkeypatch.setattr(bench_run, "run_benchmark",
+                        lambda bench, **kw: budgets.append(kw["budget_s"]) or real(bench, **kw))
+    argv = ["--size", "tiny", "--bench-dir", str(two), "--out", str(tmp_path / "o"), "--total-s", "100"]
+    assert bench_run.main(argv) == 0
+    assert budgets[0] == pytest.approx(50, abs=1)  # half each of 100 s ...
+    assert 90 < budgets[1] <= 100  # ... and what the first one did not use goes to the second
+    with pytest.raises(SystemExit):
+        bench_run.main(["--budget-s", "10", "--total-s", "100"])
+    assert "exclude each other" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_full_size_refuses_without_a_gpu(capsys):
     assert bench_run.main(["--size", "full"]) == 2
@@ -279,6 +295,9 @@ def test_smoke_run_over_the_real_bench_modules(tmp_path, module):
 def test_gpu_check_script_refuses_without_a_gpu():
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "bench"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "sees no CUDA GPU" in proc.stderr
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "session"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "sees no CUDA GPU" in proc.stderr
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "everything"], env=env,
