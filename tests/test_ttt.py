@@ -194,10 +194,10 @@ def test_non_finite_adapters_fall_back_to_plain_scores(model, toks):
     p = ttt(model, toks, dataclasses.replace(BASE, lr=1e30))
     res = run(p, toks)
     assert np.isfinite(res.score.bpb) and np.isfinite(res.record.nll[1:]).all()
-    assert p.counts["fallback_docs"] > 0 and p.counts["fallback_tokens"] > 0
+    assert p.counts["nonfinite_docs"] > 0 and p.counts["nonfinite_tokens"] > 0
     plain = run(AdaptivePlain(model, CPU), toks).record.nll
     # a fallen document's later chunks are the plain model's scores exactly
-    assert (res.record.nll[1:] == plain[1:]).sum() >= p.counts["fallback_tokens"]
+    assert (res.record.nll[1:] == plain[1:]).sum() >= p.counts["nonfinite_tokens"]
 
 
 def test_time_budget_scores_the_rest_with_the_plain_model(model, toks):
@@ -307,4 +307,4 @@ def test_eval_command_scores_doc_and_ttt_with_phases_from_the_command_line(check
               for line in out.splitlines() if line.startswith("mode:")}
     assert set(scores) == {"doc", "ttt"} and scores["ttt"] < scores["doc"]
     ttt_line = next(line for line in out.splitlines() if line.startswith("eval_ttt "))
-    assert " phases:2 " in ttt_line and " phases_cancelled:0" in ttt_line and "fallback_docs:0" in ttt_line
+    assert " phases:2 " in ttt_line and " phases_cancelled:0" in ttt_line and "nonfinite_docs:0" in ttt_line

@@ -127,7 +127,8 @@ class LoraTTT:
         self.scale = cfg.alpha / cfg.rank
         self.window, self.rank, self.world_size = window, rank, world_size
         self.plan, self.schedule = plan, schedule
-        self.counts = {"fallback_docs": 0, "fallback_tokens": 0, "phases": 0, "phase_steps": 0, "phases_cancelled": 0}
+        self.counts = {"nonfinite_docs": 0, "nonfinite_tokens": 0,  # adapters gone non-finite: plain scores
+                       "phases": 0, "phase_steps": 0, "phases_cancelled": 0}
         self._index_schedule()
         width = max((len(schedule.steps[g[0]].lane) for g in schedule.groups), default=1)
         self.flat = torch.zeros(width, self.layout.numel, device=self.device, requires_grad=True)
@@ -248,13 +249,13 @@ class LoraTTT:
             self._fall_back(slots[bad_rows])
             lp, h = self._forward(batch, slots)
         fallen_rows = self.fallen[slots]
-        self.counts["fallback_tokens"] += int(fallen_rows[batch.rows.cpu()].sum())
+        self.counts["nonfinite_tokens"] += int(fallen_rows[batch.rows.cpu()].sum())
         return lp, h
 
     def _fall_back(self, slots: torch.Tensor) -> None:
         """Zero the adapters (A too) and optimizer state of ``slots``: their delta is exactly 0 from now on."""
         new = slots[~self.fallen[slots]]
-        self.counts["fallback_docs"] += len(torch.unique(new))
+        self.counts["nonfinite_docs"] += len(torch.unique(new))
         self.fallen[slots] = True
         docs = torch.zeros_like(self.step, dtype=torch.bool)
         docs[slots.to(self.device)] = True
