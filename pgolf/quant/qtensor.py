@@ -15,7 +15,8 @@ class QTensor:
     """A symmetric per-row quantised matrix: ``value[r, c] ~= codes[r, c] * scale[r]``.
 
     ``codes`` is int8 with values in ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]`` (symmetric: the
-    most negative code is never used); ``scale`` is float16 of shape ``(rows,)``; ``shape`` is the
+    most negative code is never used), except LQER factors (:data:`LQER_SUFFIXES`), which use the
+    whole two's-complement range ``[-2**(bits-1), 2**(bits-1) - 1]`` as the record does; ``scale`` is float16 of shape ``(rows,)``; ``shape`` is the
     original tensor shape (rows = shape[0], the rest flattened into columns); ``dtype`` the
     original float dtype to restore.
     """
