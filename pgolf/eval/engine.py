@@ -31,7 +31,7 @@ from pgolf.data.tokenizer import ByteTable
 from pgolf.eval.geometry import Geometry, Plan
 from pgolf.eval.predictor import ChunkBatch, PackedRows, Predictor, ScoredBatch, finish_predictor
 from pgolf.eval.schedule import Schedule, Step, build_schedule
-from pgolf.eval.scoring import BpbAccumulator, Score, token_bytes
+from pgolf.eval.scoring import BpbAccumulator, Score, checked_streams, one_d_stream, token_bytes
 from pgolf.util.device import sync
 from pgolf.util.progress import progress
 
@@ -99,11 +99,9 @@ class EvalResult:
     counts: dict[str, int] = field(default_factory=dict)  # the predictor's own counters (e.g. TTT fallbacks)
 
 
-def _as_stream(values: Any, name: str) -> torch.Tensor:
-    stream = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values).astype(np.int64))
-    if stream.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(stream.shape)}")
-    return stream.to(torch.int64)
+def _as_int64(stream: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A checked 1-D stream (:func:`pgolf.eval.scoring.checked_streams`) as an int64 tensor."""
+    return stream.to(torch.int64) if isinstance(stream, torch.Tensor) else torch.from_numpy(stream.astype(np.int64))
 
 
 def check_log_probs(lp: Any, batch: ChunkBatch, predictor: Predictor) -> torch.Tensor:
@@ -139,15 +137,9 @@ def evaluate_geometry(geometry: Geometry | Plan, predictor: Predictor, tokens: A
     docstring for the budget.
     """
     device = torch.device(device)
-    toks = _as_stream(tokens, "tokens")
-    counts = None
-    if byte_counts is not None:
-        counts = _as_stream(byte_counts, "byte_counts")
-        if len(counts) != len(toks):
-            raise ValueError(f"byte_counts has {len(counts)} entries but the token stream has {len(toks)}; "
-                             f"the per-token byte sidecar must have one entry per validation token")
-    elif table is None:
-        raise ValueError("evaluate_geometry needs a ByteTable or byte_counts")
+    toks, counts = checked_streams(tokens, byte_counts, table, "evaluate_geometry")
+    toks = _as_int64(toks)
+    counts = None if counts is None else _as_int64(counts)
     if max_seconds > 0 and fallback is None:
         raise ValueError("a time budget (max_seconds > 0) needs a fallback predictor for the chunks past it")
     plan = geometry if isinstance(geometry, Plan) else geometry.plan(toks)
@@ -251,6 +243,6 @@ def make_batch(step: Step, tokens: torch.Tensor, seq: np.ndarray, chunk_sizes: n
 def schedule_of(geometry: Geometry | Plan, tokens: Any, predictor: Predictor, *, batch_tokens: int,
                 batch_lanes: int, pack_rows: bool = False) -> Schedule:
     """The schedule :func:`evaluate_geometry` would run (for inspection and benchmarks)."""
-    plan = geometry if isinstance(geometry, Plan) else geometry.plan(_as_stream(tokens, "tokens"))
+    plan = geometry if isinstance(geometry, Plan) else geometry.plan(_as_int64(one_d_stream(tokens, "tokens")))
     return build_schedule(plan, stateless=bool(getattr(predictor, "stateless", False)),
                           batch_tokens=batch_tokens, batch_lanes=batch_lanes, pack=pack_rows)

@@ -97,12 +97,28 @@ class BpbAccumulator:
                      bpb=nll / (math.log(2) * nbytes) if nbytes else math.nan)
 
 
-def _stream(values: Any, name: str) -> np.ndarray | torch.Tensor:
+def one_d_stream(values: Any, name: str) -> np.ndarray | torch.Tensor:
     """A 1-D token (or byte count) stream, left as it is (e.g. a memmap) so only slices are copied."""
     stream = values if isinstance(values, torch.Tensor) else np.asarray(values)
     if stream.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(stream.shape)}")
     return stream
+
+
+def checked_streams(tokens: Any, byte_counts: Any, table: ByteTable | None,
+                    caller: str) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor | None]:
+    """``(tokens, byte_counts)`` as 1-D streams (:func:`one_d_stream`): a per-token byte sidecar must have one
+    entry per token, and without one a :class:`ByteTable` is needed. Raises ``ValueError`` naming the
+    problem (``caller`` names the function that needs the table)."""
+    toks = one_d_stream(tokens, "tokens")
+    if byte_counts is not None:
+        byte_counts = one_d_stream(byte_counts, "byte_counts")
+        if len(byte_counts) != len(toks):
+            raise ValueError(f"byte_counts has {len(byte_counts)} entries but the token stream has {len(toks)}; "
+                             f"the per-token byte sidecar must have one entry per validation token")
+    elif table is None:
+        raise ValueError(f"{caller} needs a ByteTable or byte_counts")
+    return toks, byte_counts
 
 
 def _take(stream: np.ndarray | torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -134,16 +150,9 @@ def score_stream(nll_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t
 
     ``byte_counts`` (per-token bytes of the stream, ``len(tokens)`` long) replaces ``table``.
     """
-    toks = _stream(tokens, "tokens")
+    toks, byte_counts = checked_streams(tokens, byte_counts, table, "score_stream")
     if seq_len <= 0 or batch_seqs <= 0:
         raise ValueError(f"seq_len ({seq_len}) and batch_seqs ({batch_seqs}) must be positive")
-    if byte_counts is not None:
-        byte_counts = _stream(byte_counts, "byte_counts")
-        if len(byte_counts) != len(toks):
-            raise ValueError(f"byte_counts has {len(byte_counts)} entries but the token stream has "
-                             f"{len(toks)}; they must be equal")
-    elif table is None:
-        raise ValueError("score_stream needs a ByteTable or byte_counts")
     num_targets = max(len(toks) - 1, 0)
     windows = window_range(-(-num_targets // seq_len), rank, world_size)
     full_end = min(windows.stop, num_targets // seq_len)  # windows before this one are full
