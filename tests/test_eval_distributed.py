@@ -1,7 +1,6 @@
 """Under torchrun each rank scores its share of the steps; the totals do not depend on the number
 of ranks: two gloo processes give the same bits as one, in every mode (doc rows packed or not)."""
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,14 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _ports import free_port
 
 HERE = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.distributed
@@ -27,7 +21,7 @@ def test_two_ranks_give_the_same_totals_as_one(tmp_path):
     worker = str(HERE / "dist_eval_worker.py")
     subprocess.run([sys.executable, worker, str(tmp_path / "one.pt")], env=env, check=True, timeout=300)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", worker, str(tmp_path / "two.pt")],
+                           "--master_addr=127.0.0.1", f"--master_port={free_port()}", worker, str(tmp_path / "two.pt")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     one, two = torch.load(tmp_path / "one.pt", weights_only=False), torch.load(tmp_path / "two.pt", weights_only=False)

@@ -1,7 +1,6 @@
 """pgolf.optim.muon.Muon against a per-matrix implementation of the official algorithm, across impls,
 across a checkpoint, and across 2 torchrun processes."""
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 
 from pgolf.optim.muon import Muon
 from triton_kernels._dispatch import interpreter_enabled
+from _ports import free_port
 
 HERE = Path(__file__).resolve().parent
 
@@ -153,12 +153,6 @@ def test_bad_arguments():
         Muon([torch.nn.Parameter(torch.randn(4, 4))], impl="cuda")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
@@ -169,7 +163,7 @@ def test_two_processes_equal_one(tmp_path):
     single, double = tmp_path / "one.pt", tmp_path / "two.pt"
     subprocess.run([sys.executable, worker, str(single)], env=env, check=True, timeout=120)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", worker, str(double)],
+                           "--master_addr=127.0.0.1", f"--master_port={free_port()}", worker, str(double)],
                           env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     one, two = torch.load(single), torch.load(double)

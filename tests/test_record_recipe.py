@@ -3,7 +3,6 @@ warm-down fraction and a min-LR floor, Muon as the record runs it, per-group Ada
 gradient clipping, the loop switch hook, and bad feature combinations rejected with the key named."""
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pgolf.model.gpt import GPT
 from pgolf.optim.ema import EMA
 from pgolf.optim.optimizers import Optimizers
 from pgolf.optim.schedule import lr_multiplier, muon_momentum
+from _ports import free_port
 
 HERE = Path(__file__).resolve().parent
 TINY = ModelConfig(vocab_size=64, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=1)
@@ -128,18 +128,12 @@ def test_ema_is_stepped_and_checkpointed_with_the_optimisers():
         opts.load_state_dict(state[:-1])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_local_gradient_clipping_clips_before_the_rank_average(tmp_path):
     """Two gloo processes with different local gradients: with grad_clip_local the step sees
     mean_r(clip(g_r)), which differs from clip(mean_r(g_r)) (what clipping after DDP gives)."""
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+                           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
                            str(HERE / "dist_clip_worker.py"), str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
