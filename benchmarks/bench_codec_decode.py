@@ -4,9 +4,10 @@ Cases: "full": the record's quantised tensors (RECORD_STACK.md C.3: per layer c_
 c_v 256x512, proj 512x512, mlp.fc 2048x512, mlp.proj 512x2048, for 11 layers, and the tied
 embedding 8192x512; 35.9M values, int6 matrices, int7 embedding, 12.85-sigma clip, Student-t
 weights: :func:`benchmarks.codec_artifacts.synthetic_entries`); "tiny": two layers at width 64.
-Each input set holds the codes, a format-v3 artifact of them written by
+Each input set holds the codes, an artifact of them in the current format written by
 :func:`pgolf.artifact.format.save_artifact` (in a temporary folder that lives as long as the set)
-and one context-coded stream per role of them (:func:`pgolf.codec.ctx_encode`).
+and one context-coded stream per role of them (:func:`pgolf.codec.ctx_encode`, with the column
+priors of :func:`pgolf.artifact.format.prior_source` wherever there is one).
 
 Contenders: ``load_artifact`` (the baseline: read, verify and decode the whole file as pgolf
 does, index, SHA-256, payloads and side stream) and ``ctx_decode_every_role`` (every matrix through
@@ -29,13 +30,13 @@ import torch
 from benchmarks.codec_artifacts import synthetic_entries
 from benchmarks.harness import Benchmark, Case, Contender
 from pgolf import codec
-from pgolf.artifact.format import load_artifact, role, save_artifact
+from pgolf.artifact.format import load_artifact, prior_source, role, save_artifact
 from pgolf.quant.qtensor import QTensor
 
 
 class _Inputs:
     """One input set: the codes, the artifact file (its folder removed with this object) and the
-    per-role context-coded streams with the names of their tensors."""
+    per-role context-coded streams with the names and column priors of their tensors."""
 
     def __init__(self, entries: dict):
         self.codes = {n: t.codes.numpy() for n, t in entries.items() if isinstance(t, QTensor)}
@@ -46,8 +47,12 @@ class _Inputs:
         for n, t in entries.items():
             if isinstance(t, QTensor):
                 groups.setdefault((role(n), t.bits), []).append(n)
-        self.streams = [(names, codec.ctx_encode([self.codes[n] for n in names], bits))
-                        for (_, bits), names in groups.items()]
+        qs = {n: t for n, t in entries.items() if isinstance(t, QTensor)}
+        self.streams = []
+        for (_, bits), names in groups.items():
+            sources = [prior_source(n, qs) for n in names]
+            priors = [None if m is None else codec.prior_classes(qs[m].scale) for m in sources]
+            self.streams.append((names, priors, codec.ctx_encode([self.codes[n] for n in names], bits, priors=priors)))
 
 
 def _make(kind: str):
@@ -71,8 +76,8 @@ def load_artifact_codes(inputs: _Inputs) -> dict[str, np.ndarray]:
 
 def ctx_decode_every_role(inputs: _Inputs) -> dict[str, np.ndarray]:
     out = {}
-    for names, stream in inputs.streams:
-        out.update(zip(names, codec.ctx_decode(stream)))
+    for names, priors, stream in inputs.streams:
+        out.update(zip(names, codec.ctx_decode(stream, priors=priors)))
     return out
 
 

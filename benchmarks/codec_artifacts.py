@@ -1,5 +1,5 @@
-"""Whole-artifact comparison on identical codes: pgolf's artifact (format v3 and v2) against the
-records' serialisation pipelines (RECORD_STACK.md C.6), written from their description.
+"""Whole-artifact comparison on identical codes: pgolf's artifact (the current format, v5, and v2)
+against the records' serialisation pipelines (RECORD_STACK.md C.6), written from their description.
 
     python -m benchmarks.codec_artifacts --checkpoint runs/demo/checkpoint.pt [--checkpoint ...]
         [--synthetic baseline,record] [--speed] [--out benchmarks/results] [--report codec.artifacts.md]
@@ -7,7 +7,7 @@ records' serialisation pipelines (RECORD_STACK.md C.6), written from their descr
 Every case is a state dict quantised exactly as pgolf exports it (pgolf.quant.rtn.quantize_state_dict
 with the record-like policy below), then stored by each contender:
 
-* pgolf-v3 / pgolf-v2: pgolf.artifact.save_artifact, the whole file (index, payloads, SHA-256);
+* pgolf-v5 / pgolf-v2: pgolf.artifact.save_artifact, the whole file (index, payloads, SHA-256);
 * bytes+brotli-11: every tensor's bytes (int8 codes one byte per value, fp16 scales, float
   tensors) concatenated, brotli quality 11 (the records' default serialiser, without pickle);
 * shuffle+brotli-11: the same bytes, byte-shuffled with stride 2, then brotli-11 (PR #1530);
@@ -38,7 +38,7 @@ import torch
 
 from benchmarks.codec_sizes import RESULTS, entropy_bits, machine, weights
 from pgolf import codec
-from pgolf.artifact.format import role, save_artifact
+from pgolf.artifact.format import VERSION, role, save_artifact
 from pgolf.config import ModelConfig, QuantConfig
 from pgolf.model.gpt import GPT
 from pgolf.model.roles import EMBED, MATRIX, parameter_roles
@@ -124,7 +124,7 @@ def contenders(entries: dict, tmp: Path) -> dict[str, int | None]:
     raw = all_bytes(entries)
     shuffled = np.frombuffer(raw[:len(raw) // 2 * 2], np.uint8).reshape(-1, 2).T.tobytes() + raw[len(raw) // 2 * 2:]
     out = {}
-    for v in (3, 2):
+    for v in (VERSION, 2):
         t = time.perf_counter()
         out[f"pgolf-v{v}"] = save_artifact(tmp / f"v{v}.pgolf", config={}, tensors=entries, version=v).total_bytes
         out[f"pgolf-v{v} encode s"] = time.perf_counter() - t
@@ -239,14 +239,16 @@ def main(argv: list[str] | None = None) -> None:
     lines = ["# Whole-artifact comparison", "", f"`python -m benchmarks.codec_artifacts {' '.join(argv)}`", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in machine().items()) +
              f", lrzip {'on PATH' if shutil.which('lrzip') else 'unavailable'}.", ""]
+    cur = f"pgolf-v{VERSION}"
     if cases:
         lines += ["Bytes of each contender on identical codes (policy: int7 tok_emb, int6 otherwise, 12.85-sigma "
                   "clip, float tensors <= 4096 values kept float32). Floors: codes only, no tables or side information "
-                  "(floor/col-class: entropy given each column's RMS class, see column_class_bits). Goal: v3 / lrzip "
-                  "<= -2.00 % on the trained models.", "",
-                  "| case | values | pgolf-v3 | pgolf-v2 | bytes+brotli-11 | shuffle+brotli-11 | pergroup-lrzip | "
-                  "floor/tensor | floor/row-group | floor/col-class | v3 / best other | v3 / lrzip | v3 encode s |",
-                  "|---|" + "---:|" * 12]
+                  f"(floor/col-class: entropy given each column's RMS class, see column_class_bits). Goal: {cur} smaller "
+                  "than every other contender, and at least 2.00 % below pergroup-lrzip on the trained models.", "",
+                  f"| case | values | {cur} | pgolf-v2 | bytes+brotli-11 | shuffle+brotli-11 | pergroup-lrzip | "
+                  f"floor/tensor | floor/row-group | floor/col-class | v{VERSION} / best other | v{VERSION} / lrzip | "
+                  f"v{VERSION} encode s | goal |",
+                  "|---|" + "---:|" * 12 + "---|"]
     args.out.mkdir(parents=True, exist_ok=True)
     report = args.out / args.report
     with tempfile.TemporaryDirectory() as d:
@@ -256,11 +258,14 @@ def main(argv: list[str] | None = None) -> None:
             r = contenders(entries, Path(d))
             others = [r[k] for k in ("pgolf-v2", "bytes+brotli-11", "shuffle+brotli-11", "pergroup-lrzip") if r[k]]
             fmt = lambda v: "unavailable" if v is None else f"{v:,}"  # noqa: E731
-            vs_lrzip = "unavailable" if r["pergroup-lrzip"] is None else f"{r['pgolf-v3'] / r['pergroup-lrzip'] - 1:+.2%}"
-            row = (f"| {name} | {n:,} | {fmt(r['pgolf-v3'])} | {fmt(r['pgolf-v2'])} | {fmt(r['bytes+brotli-11'])} | "
-                   f"{fmt(r['shuffle+brotli-11'])} | {fmt(r['pergroup-lrzip'])} | {fmt(r['floor/tensor (codes only)'])} | "
+            lrz = r["pergroup-lrzip"]
+            vs_lrzip = "unavailable" if lrz is None else f"{r[cur] / lrz - 1:+.2%}"
+            goal = "n/a (no lrzip)" if lrz is None else (
+                "PASS" if r[cur] < min(others) and r[cur] <= 0.98 * lrz else "FAIL")
+            row = (f"| {name} | {n:,} | {fmt(r[cur])} | {fmt(r['pgolf-v2'])} | {fmt(r['bytes+brotli-11'])} | "
+                   f"{fmt(r['shuffle+brotli-11'])} | {fmt(lrz)} | {fmt(r['floor/tensor (codes only)'])} | "
                    f"{fmt(r['floor/row-group (codes only)'])} | {fmt(r['floor/col-class (codes only)'])} | "
-                   f"{r['pgolf-v3'] / min(others):.4f} | {vs_lrzip} | {r['pgolf-v3 encode s']:.1f} |")
+                   f"{r[cur] / min(others):.4f} | {vs_lrzip} | {r[cur + ' encode s']:.1f} | {goal} |")
             print(row, flush=True)
             lines.append(row)
             report.write_text("\n".join(lines) + "\n")  # each case kept as soon as it is measured

@@ -3,6 +3,8 @@
 #include "ctxcoder.h"
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
@@ -16,19 +18,20 @@ namespace pgolf {
 namespace {
 
 constexpr uint8_t kMagic[3] = {'P', 'G', 'C'};
-constexpr uint8_t kVersion = 2;
+constexpr uint8_t kVersion = 3;          // written; version 2 is still read
+constexpr int kTransposed = 1, kPermuted = 2, kPrior = 4;  // matrix flags
 constexpr uint64_t kMaxValues = 1ULL << 32;
 constexpr uint32_t kMaxMatrices = 65536;
-constexpr uint64_t kMaxPermRows = 8192;  // the encoder sorts rows only up to this many (O(R^2 C))
+constexpr uint64_t kMaxPermRows = 8192;  // rows a permuted matrix may have (the encoder's sort is O(R^2 C))
 constexpr int kNodes = 14;               // zero flag, sign, 12 unary magnitude nodes
 constexpr int kAct = 16;                 // activity buckets
 constexpr int kCls = 19;                 // neighbour classes: the value clamped to [-9, 9]
 constexpr int kRun = 4;                  // match-run buckets (run_bucket())
 constexpr int kDiff = 9;                 // the value above, relative to the decision: diff()
-constexpr int kModels = 4;
+constexpr int kModels = 5;               // four always, the fifth (column prior) when a matrix has one
 constexpr int kInputs = kModels + 1;     // the models and a bias
 constexpr int kSets = kNodes * 4;        // mixer weight sets: node x ca / 4
-constexpr int kLimit = 1023;              // counter adaptation: rate 1 / (n + 1.5), n <= kLimit
+constexpr int kLimit = 1023;             // counter adaptation: rate 1 / (n + 1.5), n <= kLimit
 constexpr int kLrShift = 12;             // mixer learning rate: weight step = st * err / 2^kLrShift
 constexpr int32_t kInit = 16384;         // initial model weights (65536 = 1.0)
 constexpr int32_t kWeightMax = 1 << 22;
@@ -89,8 +92,12 @@ struct Counter {
 
 class Model {
   public:
-    Model() : m_{std::vector<Counter>(kAct * kAct * kNodes), std::vector<Counter>(kCls * 8 * kNodes),
-                 std::vector<Counter>(kDiff * kCls * kRun * kNodes), std::vector<Counter>(kCls * kAct * kNodes)} {
+    // `version`: the stream version whose model this is (2 or 3; see the column activities).
+    explicit Model(int version)
+        : version_(version),
+          m_{std::vector<Counter>(kAct * kAct * kNodes), std::vector<Counter>(kCls * 8 * kNodes),
+             std::vector<Counter>(kDiff * kCls * kRun * kNodes), std::vector<Counter>(kCls * kAct * kNodes),
+             std::vector<Counter>(kCtxPriorClasses * kAct * kNodes)} {
         for (auto& set : w_) {
             std::fill(set, set + kModels, kInit);
             set[kModels] = 0;
@@ -98,9 +105,11 @@ class Model {
     }
 
     // Code one matrix held in coding order (`m`: R x C); Coder::bit(b, p) codes bit b (encoder) or
-    // returns the decoded bit (decoder, b ignored); decoding writes the values into m.
+    // returns the decoded bit (decoder, b ignored); decoding writes the values into m. A column
+    // prior enters as a class per coded column (pcol) or per coded row (prow), at most one of them.
     template <class Coder>
-    void code_matrix(Coder& io, int8_t* m, uint64_t R, uint64_t C, int bits) {
+    void code_matrix(Coder& io, int8_t* m, uint64_t R, uint64_t C, int bits, const uint8_t* pcol,
+                     const uint8_t* prow) {
         const int qpos = (1 << (bits - 1)) - 1, qneg = 1 << (bits - 1);
         col_.assign(C, global_);
         slow_.assign(C, global_);
@@ -109,18 +118,20 @@ class Model {
             int8_t* row = m + i * C;
             const int8_t* up = i ? row - C : nullptr;
             const int8_t* up2 = i > 1 ? row - 2 * C : nullptr;
-            uint32_t ra = global_, run = 0;
+            uint32_t run = 0;
             for (uint64_t j = 0; j < C; ++j) {
                 const int ca = act_bucket(col_[j]), rb = act_bucket(slow_[j]);
                 const int ref = up ? up[j] : 0, ref2 = up2 ? up2[j] : 0, mean = (mean_[j] + 32) >> 6;
                 const int rn = run_bucket(run);
-                // Context slots of the four models for a value of sign s (+1, or -1 once the
-                // sign is known to be negative: neighbours are then seen mirrored).
+                const int prior = pcol ? pcol[j] : prow ? prow[i] : -1;
+                // Context slots of the models for a value of sign s (+1, or -1 once the sign is
+                // known to be negative: neighbours are then seen mirrored); no prior: no fifth.
                 auto slots = [&](int s, Counter** c) {
                     c[0] = &m_[0][(ca * kAct + rb) * kNodes];
                     c[1] = &m_[1][(cls(s * ref) * 8 + (ca >> 1)) * kNodes];
                     c[2] = &m_[2][(cls(s * ref2) * kRun + rn) * kDiff * kNodes];
                     c[3] = &m_[3][(cls(s * mean) * kAct + ca) * kNodes];
+                    c[4] = prior < 0 ? nullptr : &m_[4][(prior * kAct + ca) * kNodes];
                 };
                 Counter* c[kModels];
                 slots(1, c);
@@ -143,10 +154,18 @@ class Model {
                 row[j] = int8_t(out);
                 run = out == ref && up ? run + 1 : 0;
                 const uint32_t x = uint32_t(std::abs(out)) << 6;
-                col_[j] = (col_[j] * 7 + x) >> 3;
-                slow_[j] = (slow_[j] * 31 + x) >> 5;
+                if (version_ >= 3 && i < 255) {  // the mean of the first values, then running means
+                    const uint32_t n = uint32_t(std::min<uint64_t>(i + 1, 7)), n2 = uint32_t(i + 1);
+                    col_[j] = n == 7 ? (col_[j] * 7 + x) >> 3 : (col_[j] * n + x) / (n + 1);
+                    slow_[j] = (slow_[j] * n2 + x) / (n2 + 1);
+                } else if (version_ >= 3) {
+                    col_[j] = (col_[j] * 7 + x) >> 3;
+                    slow_[j] = (slow_[j] * 255 + x) >> 8;
+                } else {
+                    col_[j] = (col_[j] * 7 + x) >> 3;
+                    slow_[j] = (slow_[j] * 31 + x) >> 5;
+                }
                 mean_[j] += ((out * 64) - mean_[j]) / 16;
-                ra = (ra * 3 + x) >> 2;
                 global_ = (global_ * 255 + x) >> 8;
             }
         }
@@ -155,13 +174,14 @@ class Model {
   private:
     // One binary decision at `node`: mix the models' predictions with weights w, code the bit,
     // update counters and weights. Model 2's slot is further offset by `d2` (its diff() class).
+    // An absent model (c[i] null: no prior) enters the mix as 0 and is not updated.
     template <class Coder>
     static int code(Coder& io, Counter* const* c, int32_t* w, int node, int d2, int bit) {
         const Tables& T = tables();
         int st[kInputs];
         int64_t dot = 0;
         for (int i = 0; i < kModels; ++i) {
-            st[i] = T.stretch[c[i][node + (i == 2 ? d2 : 0)].p >> 4];
+            st[i] = c[i] ? T.stretch[c[i][node + (i == 2 ? d2 : 0)].p >> 4] : 0;
             dot += int64_t(w[i]) * st[i];
         }
         st[kModels] = 256;
@@ -173,6 +193,7 @@ class Model {
             w[i] = std::clamp(w[i] + ((st[i] * err) >> kLrShift), -kWeightMax, kWeightMax);
         const int target = y ? 65535 : 0;
         for (int i = 0; i < kModels; ++i) {
+            if (!c[i]) continue;
             Counter& q = c[i][node + (i == 2 ? d2 : 0)];
             q.p = uint16_t(q.p + (((target - int(q.p)) * int(T.rate[q.n])) >> 16));
             q.n += q.n < kLimit;
@@ -180,6 +201,7 @@ class Model {
         return y;
     }
 
+    int version_;
     std::vector<Counter> m_[kModels];
     int32_t w_[kSets][kInputs];
     std::vector<uint32_t> col_, slow_;
@@ -189,6 +211,7 @@ class Model {
 
 class Encoder {
   public:
+    static constexpr bool kDecodes = false;
     explicit Encoder(std::vector<uint8_t>& out) : out_(out) {}
     int bit(int y, int p) {
         const uint32_t mid = x1_ + uint32_t((uint64_t(x2_ - x1_) * uint32_t(p)) >> 12);
@@ -209,8 +232,32 @@ class Encoder {
     uint32_t x1_ = 0, x2_ = 0xFFFFFFFFu;
 };
 
+// The encoder's trials: adds up what the bits would cost, -log2 of each one's probability, in
+// 1/65536 bit units, instead of writing them.
+class CostCounter {
+  public:
+    static constexpr bool kDecodes = false;
+    int bit(int y, int p) {
+        cost_ += table()[y ? p : 4096 - p];
+        return y;
+    }
+    uint64_t cost() const { return cost_; }
+
+  private:
+    static const uint32_t* table() {
+        static const std::vector<uint32_t> t = [] {
+            std::vector<uint32_t> c(4097, 0);
+            for (int p = 1; p <= 4096; ++p) c[p] = uint32_t(std::lround(-std::log2(p / 4096.0) * 65536.0));
+            return c;
+        }();
+        return t.data();
+    }
+    uint64_t cost_ = 0;
+};
+
 class Decoder {
   public:
+    static constexpr bool kDecodes = true;
     Decoder(const uint8_t* p, const uint8_t* end) : p_(p), end_(end) {
         for (int b = 0; b < 4; ++b) x_ = (x_ << 8) | next();
     }
@@ -248,6 +295,64 @@ inline int id_width(uint64_t n) {
     return w;
 }
 
+// The ids 0..n-1 not yet listed, as a Fenwick tree of 0/1 counts: rank, select and remove in
+// O(log n).
+class Remaining {
+  public:
+    explicit Remaining(uint64_t n) : t_(n + 1, 0) {
+        for (uint64_t i = 1; i <= n; ++i) {
+            t_[i] += 1;
+            const uint64_t j = i + (i & (~i + 1));
+            if (j <= n) t_[j] += t_[i];
+        }
+        while ((top_ << 1) <= n) top_ <<= 1;
+    }
+    uint32_t rank(uint32_t id) const {  // how many remaining ids are below id
+        uint32_t r = 0;
+        for (uint64_t i = id; i; i &= i - 1) r += t_[i];
+        return r;
+    }
+    uint32_t select(uint32_t r) const {  // the remaining id of rank r
+        uint64_t pos = 0;
+        for (uint64_t step = top_; step; step >>= 1)
+            if (pos + step < t_.size() && t_[pos + step] <= r) pos += step, r -= t_[pos];
+        return uint32_t(pos);
+    }
+    void remove(uint32_t id) {
+        for (uint64_t i = uint64_t(id) + 1; i < t_.size(); i += i & (~i + 1)) t_[i] -= 1;
+    }
+
+  private:
+    std::vector<uint32_t> t_;
+    uint64_t top_ = 1;
+};
+
+// A rank r in [0, n), n >= 1, with the probabilities of a uniform choice (see ctxcoder.h).
+template <class Coder>
+uint32_t code_rank(Coder& io, uint32_t r, uint64_t n) {
+    uint64_t prefix = 0;
+    for (int b = id_width(n) - 1; b >= 0; --b) {
+        const uint64_t base = prefix << (b + 1), half = uint64_t(1) << b;
+        const uint64_t c0 = std::min(half, n - base), c1 = n > base + half ? std::min(half, n - base - half) : 0;
+        int bit = 0;
+        if (c1) bit = io.bit((r >> b) & 1, std::clamp(int((c1 << 12) / (c0 + c1)), 1, 4095));
+        prefix = (prefix << 1) | uint64_t(bit);
+    }
+    return uint32_t(prefix);
+}
+
+// A permuted matrix's row order (version 3): each entry as its rank among the rows not yet listed.
+// Decoding fills perm[0..R).
+template <class Coder>
+void code_order(Coder& io, uint32_t* perm, uint64_t R) {
+    Remaining left(R);
+    for (uint64_t i = 0; i < R; ++i) {
+        const uint32_t r = code_rank(io, Coder::kDecodes ? 0 : left.rank(perm[i]), R - i);
+        if (Coder::kDecodes) perm[i] = left.select(r);
+        left.remove(perm[i]);
+    }
+}
+
 // Sum of |a[i] - b[i]| over n bytes (rows biased to unsigned: compilers vectorise this).
 uint32_t l1(const uint8_t* a, const uint8_t* b, uint64_t n) {
     uint32_t s = 0;
@@ -277,51 +382,77 @@ std::vector<uint32_t> nn_order(const int8_t* m, uint64_t R, uint64_t C) {
     return order;
 }
 
-// A matrix in coding order for the given flags, and its row order (empty unless permuted).
+// A matrix in coding order for the given transpose / permute flags, its row order (empty unless
+// permuted) and its prior in coding order (empty without one): per coded column, or per coded
+// row when transposed.
 struct Variant {
-    int flags = 0;
+    int flags = -1;  // -1: not a variant this matrix allows
     uint64_t R = 0, C = 0;
     std::vector<int8_t> coded;
     std::vector<uint32_t> perm;
+    std::vector<uint8_t> pcol, prow;
 };
 
 Variant make_variant(const CtxMatrix& mat, int flags) {
     Variant v;
     v.flags = flags;
-    const bool tr = flags & 1;
+    const bool tr = flags & kTransposed;
     v.R = tr ? mat.cols : mat.rows;
     v.C = tr ? mat.rows : mat.cols;
     std::vector<int8_t> base(mat.codes, mat.codes + mat.rows * mat.cols);
     if (tr)
         for (uint64_t r = 0; r < mat.rows; ++r)
             for (uint64_t c = 0; c < mat.cols; ++c) base[c * mat.rows + r] = mat.codes[r * mat.cols + c];
-    if (flags & 2) {
+    if (flags & kPermuted) {
         v.perm = nn_order(base.data(), v.R, v.C);
         v.coded.resize(base.size());
         for (uint64_t i = 0; i < v.R; ++i) std::memcpy(&v.coded[i * v.C], &base[v.perm[i] * v.C], v.C);
     } else {
         v.coded = std::move(base);
     }
+    if (mat.prior && !tr) v.pcol.assign(mat.prior, mat.prior + mat.cols);
+    if (mat.prior && tr) {
+        v.prow.resize(v.R);
+        for (uint64_t i = 0; i < v.R; ++i) v.prow[i] = mat.prior[v.perm.empty() ? i : v.perm[i]];
+    }
     return v;
 }
 
-size_t perm_bytes(uint64_t R) { return (R * id_width(R) + 7) / 8; }
-
-// Coded size of one variant alone, with a fresh model: payload plus row order.
-size_t trial_size(Variant& v, int bits) {
-    std::vector<uint8_t> out;
-    Encoder enc(out);
-    Model model;
+// Code variant v (its row order if permuted, then its values) with `model`, with or without its
+// prior; the model advances past it.
+template <class Coder>
+void code_variant(Coder& io, Model& model, const Variant& v, bool prior, int bits) {
+    if (v.R * v.C == 0) return;
+    if (v.flags & kPermuted) {
+        std::vector<uint32_t> perm = v.perm;
+        code_order(io, perm.data(), v.R);
+    }
     std::vector<int8_t> scratch = v.coded;
-    model.code_matrix(enc, scratch.data(), v.R, v.C, bits);
-    enc.flush();
-    return out.size() + (v.flags & 2 ? perm_bytes(v.R) : 0);
+    model.code_matrix(io, scratch.data(), v.R, v.C, bits, prior && !v.pcol.empty() ? v.pcol.data() : nullptr,
+                      prior && !v.prow.empty() ? v.prow.data() : nullptr);
+}
+
+// The cost of a whole stream's payload, in 1/65536 bits: plan[k] = flags of matrix k.
+uint64_t plan_cost(const std::vector<std::array<Variant, 4>>& variants, const std::vector<int>& plan, int bits) {
+    CostCounter counter;
+    Model model(kVersion);
+    for (size_t k = 0; k < plan.size(); ++k)
+        code_variant(counter, model, variants[k][plan[k] & 3], plan[k] & kPrior, bits);
+    return counter.cost();
 }
 
 // The decoder's bounded input (csrc/stream_reader.h), naming this stream in its errors.
 struct Reader : StreamReader {
     Reader(const uint8_t* p, size_t n) : StreamReader(p, n, "context-coded stream") {}
 };
+
+void check_prior(const uint8_t* prior, uint64_t cols, size_t k) {
+    for (uint64_t c = 0; c < cols; ++c)
+        if (prior[c] >= kCtxPriorClasses)
+            throw std::invalid_argument("matrix " + std::to_string(k) + ": prior class " + std::to_string(prior[c]) +
+                                        " at column " + std::to_string(c) + " is outside 0.." +
+                                        std::to_string(kCtxPriorClasses - 1));
+}
 
 }  // namespace
 
@@ -342,29 +473,61 @@ std::vector<uint8_t> ctx_encode(const std::vector<CtxMatrix>& mats, int bits, in
                                             " at index " + std::to_string(i) + " is outside the " +
                                             std::to_string(bits) + "-bit range [" + std::to_string(lo) + ", " +
                                             std::to_string(hi) + "]");
+        if (m.prior) check_prior(m.prior, m.cols, k);
     }
-    std::vector<Variant> chosen;
-    for (const CtxMatrix& m : mats) {
-        const uint64_t n = m.rows * m.cols;
-        if (n == 0) {
-            chosen.push_back(make_variant(m, 0));
+
+    // Every allowed variant of every matrix, then the candidate plans (flags per matrix).
+    auto allowed = [](const CtxMatrix& m, int flags) {
+        if (m.rows * m.cols == 0) return flags == 0;
+        const uint64_t R = flags & kTransposed ? m.cols : m.rows;
+        if ((flags & kPermuted) && (R < 3 || R > kMaxPermRows)) return false;
+        return !((flags & kTransposed) && m.rows < 2);
+    };
+    const auto empty = [&](size_t k) { return mats[k].rows * mats[k].cols == 0; };
+    std::vector<std::array<Variant, 4>> variants(mats.size());
+    for (size_t k = 0; k < mats.size(); ++k) {
+        if (force_flags >= 0 && !empty(k)) {
+            const uint64_t R = force_flags & kTransposed ? mats[k].cols : mats[k].rows;
+            if ((force_flags & kPermuted) && R > kMaxPermRows)
+                throw std::invalid_argument("matrix " + std::to_string(k) + ": cannot reorder " + std::to_string(R) +
+                                            " rows, at most " + std::to_string(kMaxPermRows));
+            variants[k][force_flags] = make_variant(mats[k], force_flags);
             continue;
         }
-        if (force_flags >= 0) {
-            chosen.push_back(make_variant(m, force_flags));
-            continue;
+        for (int f = 0; f < 4; ++f)
+            if (allowed(mats[k], f)) variants[k][f] = make_variant(mats[k], f);
+    }
+    const auto with_prior = [&](size_t k, int f) { return mats[k].prior && !empty(k) ? f | kPrior : f; };
+    std::vector<int> plan(mats.size(), 0);
+    if (force_flags >= 0) {
+        for (size_t k = 0; k < mats.size(); ++k) plan[k] = empty(k) ? 0 : with_prior(k, force_flags);
+    } else {
+        // Each matrix's best variant costed alone (a fresh model).
+        for (size_t k = 0; k < mats.size(); ++k) {
+            uint64_t best = UINT64_MAX;
+            for (int f = 0; f < 4; ++f) {
+                if (variants[k][f].flags < 0) continue;
+                CostCounter counter;
+                Model alone(kVersion);
+                code_variant(counter, alone, variants[k][f], mats[k].prior, bits);
+                if (counter.cost() < best) best = counter.cost(), plan[k] = with_prior(k, f);
+            }
         }
-        Variant best;
-        size_t best_size = SIZE_MAX;
-        for (int flags = 0; flags < 4; ++flags) {
-            const uint64_t R = flags & 1 ? m.cols : m.rows;
-            if ((flags & 2) && (R < 3 || R > kMaxPermRows)) continue;
-            if ((flags & 1) && m.rows < 2) continue;
-            Variant v = make_variant(m, flags);
-            const size_t size = trial_size(v, bits);
-            if (size < best_size) best_size = size, best = std::move(v);
+        // Against every uniform choice of transpose / permute, each costed over the whole stream:
+        // one model runs through all the matrices.
+        if (mats.size() > 1) {
+            uint64_t best = plan_cost(variants, plan, bits);
+            std::vector<int> chosen = plan;
+            for (int f = 0; f < 4; ++f) {
+                std::vector<int> uniform = plan;
+                for (size_t k = 0; k < mats.size(); ++k)
+                    if (variants[k][f].flags >= 0 && !empty(k)) uniform[k] = f | (plan[k] & kPrior);
+                if (uniform == plan) continue;
+                const uint64_t cost = plan_cost(variants, uniform, bits);
+                if (cost < best) best = cost, chosen = uniform;
+            }
+            plan = chosen;
         }
-        chosen.push_back(std::move(best));
     }
 
     std::vector<uint8_t> out = {kMagic[0], kMagic[1], kMagic[2], kVersion, uint8_t(bits)};
@@ -372,21 +535,12 @@ std::vector<uint8_t> ctx_encode(const std::vector<CtxMatrix>& mats, int bits, in
     for (size_t k = 0; k < mats.size(); ++k) {
         put_varint(out, mats[k].rows);
         put_varint(out, mats[k].cols);
-        out.push_back(uint8_t(chosen[k].flags));
-    }
-    for (const Variant& v : chosen) {
-        if (!(v.flags & 2)) continue;
-        const int w = id_width(v.R);
-        std::vector<uint8_t> map(perm_bytes(v.R), 0);
-        for (uint64_t i = 0; i < v.R; ++i)
-            for (int b = 0; b < w; ++b)
-                if ((v.perm[i] >> b) & 1) map[(i * w + b) / 8] |= uint8_t(1u << ((i * w + b) % 8));
-        out.insert(out.end(), map.begin(), map.end());
+        out.push_back(uint8_t(plan[k]));
     }
     if (total == 0) return out;
     Encoder enc(out);
-    Model model;
-    for (Variant& v : chosen) model.code_matrix(enc, v.coded.data(), v.R, v.C, bits);
+    Model model(kVersion);
+    for (size_t k = 0; k < mats.size(); ++k) code_variant(enc, model, variants[k][plan[k] & 3], plan[k] & kPrior, bits);
     enc.flush();
     return out;
 }
@@ -394,10 +548,10 @@ std::vector<uint8_t> ctx_encode(const std::vector<CtxMatrix>& mats, int bits, in
 struct CtxStream::Impl {
     const uint8_t* data;
     size_t size;
-    int bits = 0;
+    int version = 0, bits = 0;
     std::vector<uint64_t> rows, cols;
     std::vector<int> flags;
-    std::vector<std::vector<uint32_t>> perms;
+    std::vector<std::vector<uint32_t>> perms;  // version 2: the row orders from the header
     uint64_t total = 0;
     size_t payload_at = 0;
 };
@@ -406,31 +560,38 @@ CtxStream::CtxStream(const uint8_t* data, size_t size) : impl_(new Impl{data, si
     Impl& s = *impl_;
     Reader in(data, size);
     if (std::memcmp(in.take(3, "magic"), kMagic, 3) != 0) throw stream_error("not a pgolf context-coded stream (bad magic)");
-    const uint8_t version = in.u8("version");
-    if (version != kVersion)
-        throw stream_error("unsupported context-coded stream version " + std::to_string(version) + " (this build reads " +
-                           std::to_string(kVersion) + ")");
+    s.version = in.u8("version");
+    if (s.version != 2 && s.version != kVersion)
+        throw stream_error("unsupported context-coded stream version " + std::to_string(s.version) +
+                           " (this build reads 2 and " + std::to_string(kVersion) + ")");
     s.bits = in.u8("bits");
     if (s.bits < 2 || s.bits > 8) throw stream_error("context-coded stream bits " + std::to_string(s.bits) + " not in 2..8");
     const uint32_t K = in.varint("matrix count");
     if (K > kMaxMatrices) throw stream_error("context-coded stream declares " + std::to_string(K) + " matrices, at most 65536");
+    const int known = s.version >= 3 ? 7 : 3;
     for (uint32_t k = 0; k < K; ++k) {
         const uint64_t r = in.varint("rows"), c = in.varint("cols");
         const int f = in.u8("matrix flags");
         if (c && r > (kMaxValues - s.total) / c) throw stream_error("context-coded stream holds more than 2^32 values");
-        if (f > 3) throw stream_error("context-coded stream matrix " + std::to_string(k) + " has unknown flags " + std::to_string(f));
-        if ((f & 2) && r * c == 0) throw stream_error("context-coded stream permutes the rows of an empty matrix");
+        if (f & ~known)
+            throw stream_error("context-coded stream matrix " + std::to_string(k) + " has unknown flags " + std::to_string(f));
+        if ((f & kPermuted) && r * c == 0) throw stream_error("context-coded stream permutes the rows of an empty matrix");
+        if ((f & kPrior) && r * c == 0) throw stream_error("context-coded stream gives an empty matrix a prior");
+        if ((f & kPermuted) && (f & kTransposed ? c : r) > kMaxPermRows)
+            throw stream_error("context-coded stream permutes " + std::to_string(f & kTransposed ? c : r) +
+                               " rows of matrix " + std::to_string(k) + ", at most " + std::to_string(kMaxPermRows));
         s.total += r * c;
         s.rows.push_back(r);
         s.cols.push_back(c);
         s.flags.push_back(f);
     }
     s.perms.resize(K);
-    for (uint32_t k = 0; k < K; ++k) {
-        if (!(s.flags[k] & 2)) continue;
-        const uint64_t R = s.flags[k] & 1 ? s.cols[k] : s.rows[k];
+    for (uint32_t k = 0; k < K && s.version == 2; ++k) {
+        if (!(s.flags[k] & kPermuted)) continue;
+        const uint64_t R = s.flags[k] & kTransposed ? s.cols[k] : s.rows[k];
         const int w = id_width(R);
-        const uint8_t* map = in.take(perm_bytes(R), "row order");
+        const size_t bytes = (R * w + 7) / 8;
+        const uint8_t* map = in.take(bytes, "row order");
         std::vector<uint32_t>& perm = s.perms[k];
         perm.resize(R);
         std::vector<uint8_t> seen(R, 0);
@@ -443,7 +604,7 @@ CtxStream::CtxStream(const uint8_t* data, size_t size) : impl_(new Impl{data, si
             perm[i] = uint32_t(id);
         }
         const unsigned used = (R * w) % 8;
-        if (used && (map[perm_bytes(R) - 1] >> used)) throw stream_error("context-coded stream row order has nonzero padding bits");
+        if (used && (map[bytes - 1] >> used)) throw stream_error("context-coded stream row order has nonzero padding bits");
     }
     s.payload_at = in.pos();
     if (s.total == 0 && in.left()) throw stream_error("context-coded stream without values has " + std::to_string(in.left()) + " trailing bytes");
@@ -451,6 +612,7 @@ CtxStream::CtxStream(const uint8_t* data, size_t size) : impl_(new Impl{data, si
 }
 
 CtxStream::~CtxStream() = default;
+int CtxStream::version() const { return impl_->version; }
 int CtxStream::bits() const { return impl_->bits; }
 size_t CtxStream::count() const { return impl_->rows.size(); }
 uint64_t CtxStream::rows(size_t k) const { return impl_->rows.at(k); }
@@ -458,22 +620,42 @@ uint64_t CtxStream::cols(size_t k) const { return impl_->cols.at(k); }
 int CtxStream::flags(size_t k) const { return impl_->flags.at(k); }
 uint64_t CtxStream::total_values() const { return impl_->total; }
 
-void CtxStream::decode(const std::vector<int8_t*>& outs) const {
+void CtxStream::decode(const std::vector<int8_t*>& outs, const std::vector<const uint8_t*>& priors) const {
     const Impl& s = *impl_;
     if (outs.size() != s.rows.size()) throw std::invalid_argument("decode needs one output per matrix");
+    for (size_t k = 0; k < s.rows.size(); ++k) {
+        if (!(s.flags[k] & kPrior)) continue;
+        if (k >= priors.size() || !priors[k])
+            throw stream_error("context-coded stream matrix " + std::to_string(k) +
+                               " was coded with a column prior and none was given");
+        check_prior(priors[k], s.cols[k], k);
+    }
     if (s.total == 0) return;
     Decoder dec(s.data + s.payload_at, s.data + s.size);
-    Model model;
+    Model model(s.version);
     std::vector<int8_t> coded;
+    std::vector<uint32_t> perm;
+    std::vector<uint8_t> prow;
     for (size_t k = 0; k < s.rows.size(); ++k) {
-        const bool tr = s.flags[k] & 1;
+        const bool tr = s.flags[k] & kTransposed;
         const uint64_t rows = s.rows[k], cols = s.cols[k], R = tr ? cols : rows, C = tr ? rows : cols;
         if (rows * cols == 0) continue;
+        perm = s.perms[k];
+        if (s.version >= 3 && (s.flags[k] & kPermuted)) {
+            perm.assign(R, 0);
+            code_order(dec, perm.data(), R);
+        }
+        const uint8_t* prior = s.flags[k] & kPrior ? priors[k] : nullptr;
+        if (prior && tr) {
+            prow.resize(R);
+            for (uint64_t i = 0; i < R; ++i) prow[i] = prior[perm.empty() ? i : perm[i]];
+        }
         coded.assign(R * C, 0);
-        model.code_matrix(dec, coded.data(), R, C, s.bits);
+        model.code_matrix(dec, coded.data(), R, C, s.bits, prior && !tr ? prior : nullptr,
+                          prior && tr ? prow.data() : nullptr);
         int8_t* out = outs[k];
         for (uint64_t i = 0; i < R; ++i) {
-            const uint64_t r = s.perms[k].empty() ? i : s.perms[k][i];
+            const uint64_t r = perm.empty() ? i : perm[i];
             const int8_t* src = &coded[i * C];
             if (!tr)
                 std::memcpy(out + r * cols, src, C);

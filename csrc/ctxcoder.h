@@ -1,23 +1,37 @@
 // Context-modelled coder for quantised weight matrices: an adaptive binary arithmetic coder whose
 // probabilities come from a logistic mix of context models built on weight-matrix structure.
-// Pinned by tests/golden/codec_ctx.json.
+// Pinned by tests/golden/codec_ctx.json (version 3) and tests/golden/codec_ctx_v2.json (version 2,
+// still decoded; no longer written).
 //
 // Stream layout (varint = unsigned LEB128, at most 5 bytes, value < 2^32):
 //   0  3 bytes  magic "PGC"
-//   3  u8       version (2; version 1, an earlier model, is rejected)
+//   3  u8       version: 3 (written), or 2 (read; version 1, an earlier model, is rejected)
 //   4  u8       bits, 2..8: every value lies in [-2^(bits-1), 2^(bits-1) - 1]
 //   5  varint   K, the number of matrices (0..65536); the values of all of them total <= 2^32
 //   then K matrix headers: varint rows, varint cols, u8 flags (bit 0 transposed: the coded
-//        matrix is the transpose, cols x rows; bit 1 permuted: a row order follows; other bits 0)
-//   then, for every permuted matrix in order, its row order: the coded matrix's R rows
-//        (R = cols if transposed, else rows) as a permutation perm[0..R) (coded row i is row
+//        matrix is the transpose, cols x rows; bit 1 permuted: a row order follows; bit 2
+//        (version 3) prior: the matrix is coded with a column prior the caller supplies, see
+//        below; other bits 0)
+//   version 2 only: then, for every permuted matrix in order, its row order: the coded matrix's R
+//        rows (R = cols if transposed, else rows) as a permutation perm[0..R) (coded row i is row
 //        perm[i]), ceil(log2 R) bits per entry, packed LSB first into ceil(R * width / 8) bytes,
 //        padding bits 0
 //   then the arithmetic-coded payload, to the end of the stream, every byte consumed.
 //
 // Payload: the matrices one after another; each coded matrix row by row (rows in perm order),
-// each row left to right. The model state (context counters, mixer weights, the running mean of
-// |v|) carries over from matrix to matrix; the per-column and per-row activities restart.
+// each row left to right. Version 3 codes a permuted matrix's row order in the payload just before
+// its values: entry i as its rank r among the rows not yet listed (0 <= r < R - i), r's bits
+// most significant first (ceil(log2(R - i)) of them), each bit with probability of a 1 =
+// (how many ranks below R - i have this prefix and the bit set) / (how many have this prefix),
+// in 12 bits, clamped to [1, 4095]; a bit that only one value can take is not coded. Any decoded
+// ranks form a permutation, so the order costs log2(R!) bits rather than R ceil(log2 R).
+// The model state (context counters, mixer weights, the running mean of |v|) carries over from
+// matrix to matrix; the per-column and per-row activities restart.
+//
+// Column prior (version 3, flag bit 2): a class 0..15 per column of the matrix as given (not as
+// coded), which the caller supplies to the encoder and again to the decoder (pgolf's artifact
+// uses the rank class of the row scales of the matrix that feeds those columns). For a
+// transposed matrix it becomes a class per coded row, permuted with the rows.
 //
 // Binary arithmetic coder: 32-bit low x1 / high x2 (x1 = 0, x2 = 2^32 - 1 at the start), 12-bit
 // probability p of a 1 (1..4095): xmid = x1 + floor((x2 - x1) * p / 4096); a 1 keeps
@@ -33,14 +47,17 @@
 // exact tables and update rules, which the format depends on):
 //   neighbours: ref = the value at the same column in the previous coded row, ref2 two rows back
 //   (0 when absent); mean = the column's running signed mean (rate 1/16, rounded);
-//   activities: ca = running mean of |v| down the column (rate 1/8), cs = the same at rate 1/32;
+//   activities: ca = running mean of |v| down the column (rate 1/8), cs = the same at rate 1/32
+//   (version 3: rate 1/(n + 1) over the first n values of the column, from the matrix's start
+//   value as one pseudo-value, until the rate reaches 1/8 and 1/256);
 //   run = how many values in a row so far equal the value above them. Neighbours enter as
 //   cls(u) = clamp(u, -9, 9), mirrored (-u) once the value is known to be negative.
 //   Four adaptive-probability models indexed by (ca, cs), (cls(ref), ca / 2),
 //   (diff(ref), cls(ref2), run bucket) with diff(u) = clamp(u - k, -4, 4) (k: the unary threshold,
-//   0 for the zero and sign decisions), (cls(mean), ca), each per node, mixed in the logistic
-//   domain with a bias by a weight set chosen by (node, ca / 4), then the coder step; every
-//   model and weight updates after the bit.
+//   0 for the zero and sign decisions), (cls(mean), ca), each per node, and for a matrix with a
+//   column prior a fifth, (prior class, ca); mixed in the logistic domain with a bias by a weight
+//   set chosen by (node, ca / 4), then the coder step; every model and weight updates after the
+//   bit.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -49,15 +66,20 @@
 
 namespace pgolf {
 
+constexpr int kCtxPriorClasses = 16;  // a column prior's classes: 0..15
+
 struct CtxMatrix {
     const int8_t* codes;  // rows x cols, row-major
     uint64_t rows, cols;
+    const uint8_t* prior = nullptr;  // optional: a class 0..15 for each of the cols columns
 };
 
-// Encode the matrices (values in the `bits` range) as one stream. `force_flags` < 0: the encoder
-// tries, per matrix, plain / transposed / row-permuted (greedy L1 nearest-neighbour order) /
-// both, and keeps the variant that codes that matrix smallest; 0..3 forces those flags on every
-// matrix (tests). Throws std::invalid_argument naming the first out-of-range value.
+// Encode the matrices (values in the `bits` range) as one version-3 stream; a matrix with a prior
+// is coded with it. `force_flags` < 0: the encoder picks, per matrix, plain / transposed /
+// row-permuted (greedy L1 nearest-neighbour order) / both: the smallest of the per-matrix choices
+// (each variant costed alone) and of every uniform choice, each costed over the whole stream as
+// the decoder runs it. 0..3 forces those flags on every matrix (tests). Throws
+// std::invalid_argument naming the first out-of-range value or prior class.
 std::vector<uint8_t> ctx_encode(const std::vector<CtxMatrix>& mats, int bits, int force_flags);
 
 // A parsed and validated stream, ready to decode. Throws stream_error on any malformed input.
@@ -65,15 +87,19 @@ class CtxStream {
   public:
     CtxStream(const uint8_t* data, size_t size);
     ~CtxStream();
+    int version() const;
     int bits() const;
     size_t count() const;
     uint64_t rows(size_t k) const;
     uint64_t cols(size_t k) const;
     int flags(size_t k) const;
     uint64_t total_values() const;
-    // Decode matrix k into outs[k] (rows(k) * cols(k) values, row-major), for every k.
-    // Throws stream_error when the payload is corrupt.
-    void decode(const std::vector<int8_t*>& outs) const;
+    // Decode matrix k into outs[k] (rows(k) * cols(k) values, row-major), for every k. priors[k]
+    // (cols(k) classes, or nullptr) is read only for a matrix whose flags say it was coded with a
+    // prior (priors may be shorter than the matrices, or empty); such a matrix without one is a
+    // stream_error, a class above 15 std::invalid_argument. Throws stream_error when the payload
+    // is corrupt.
+    void decode(const std::vector<int8_t*>& outs, const std::vector<const uint8_t*>& priors) const;
 
   private:
     struct Impl;

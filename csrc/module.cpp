@@ -126,11 +126,32 @@ py::dict rans_info(const py::buffer& data) {
     return info;
 }
 
+// Optional per-matrix column priors: None or a buffer of cols uint8 classes each (priors may be
+// empty: none at all).
+std::vector<py::buffer_info> prior_buffers(const std::vector<py::object>& priors, const std::vector<uint64_t>& cols) {
+    if (!priors.empty() && priors.size() != cols.size())
+        throw py::value_error("priors needs one entry (None or an array) per matrix, got " + std::to_string(priors.size()) +
+                              " for " + std::to_string(cols.size()));
+    std::vector<py::buffer_info> out;
+    for (size_t k = 0; k < priors.size(); ++k) {
+        if (priors[k].is_none()) {
+            out.emplace_back();
+            continue;
+        }
+        out.push_back(byte_buffer(py::buffer(priors[k]), false, "prior"));
+        if (uint64_t(out.back().size) != cols[k])
+            throw py::value_error("prior " + std::to_string(k) + " has " + std::to_string(out.back().size) +
+                                  " classes, its matrix has " + std::to_string(cols[k]) + " columns");
+    }
+    return out;
+}
+
 py::bytes ctx_encode(const std::vector<py::buffer>& mats, const std::vector<std::pair<uint64_t, uint64_t>>& shapes,
-                     int bits, int force_flags) {
+                     int bits, int force_flags, const std::vector<py::object>& priors) {
     if (mats.size() != shapes.size()) throw py::value_error("ctx_encode needs one shape per matrix");
     std::vector<py::buffer_info> infos;
     std::vector<pgolf::CtxMatrix> ms;
+    std::vector<uint64_t> cols_of;
     for (size_t k = 0; k < mats.size(); ++k) {
         infos.push_back(byte_buffer(mats[k], true, "codes"));
         const auto [rows, cols] = shapes[k];
@@ -140,7 +161,10 @@ py::bytes ctx_encode(const std::vector<py::buffer>& mats, const std::vector<std:
             throw py::value_error("matrix " + std::to_string(k) + " has " + std::to_string(infos.back().size) +
                                   " values, its shape says " + std::to_string(rows * cols));
         ms.push_back({static_cast<const int8_t*>(infos.back().ptr), rows, cols});
+        cols_of.push_back(cols);
     }
+    const std::vector<py::buffer_info> pinfos = prior_buffers(priors, cols_of);
+    for (size_t k = 0; k < pinfos.size(); ++k) ms[k].prior = static_cast<const uint8_t*>(pinfos[k].ptr);
     std::vector<uint8_t> stream;
     {
         py::gil_scoped_release nogil;
@@ -149,12 +173,17 @@ py::bytes ctx_encode(const std::vector<py::buffer>& mats, const std::vector<std:
     return py::bytes(reinterpret_cast<const char*>(stream.data()), stream.size());
 }
 
-py::list ctx_decode(const py::buffer& data, uint64_t max_values) {
+py::list ctx_decode(const py::buffer& data, uint64_t max_values, const std::vector<py::object>& priors) {
     const py::buffer_info in = byte_buffer(data, false, "data");
     const pgolf::CtxStream stream(static_cast<const uint8_t*>(in.ptr), size_t(in.size));
     if (stream.total_values() > max_values)
         throw pgolf::stream_error("context-coded stream holds " + std::to_string(stream.total_values()) +
                                   " values, more than the " + std::to_string(max_values) + " allowed");
+    std::vector<uint64_t> cols_of;
+    for (size_t k = 0; k < stream.count(); ++k) cols_of.push_back(stream.cols(k));
+    const std::vector<py::buffer_info> pinfos = prior_buffers(priors, cols_of);
+    std::vector<const uint8_t*> prior_ptrs;
+    for (const py::buffer_info& b : pinfos) prior_ptrs.push_back(static_cast<const uint8_t*>(b.ptr));
     py::list out;
     std::vector<int8_t*> ptrs;
     for (size_t k = 0; k < stream.count(); ++k) {
@@ -164,7 +193,7 @@ py::list ctx_decode(const py::buffer& data, uint64_t max_values) {
     }
     {
         py::gil_scoped_release nogil;
-        stream.decode(ptrs);
+        stream.decode(ptrs, prior_ptrs);
     }
     return out;
 }
@@ -178,6 +207,7 @@ py::dict ctx_info(const py::buffer& data) {
         flags.append(stream.flags(k));
     }
     py::dict info;
+    info["version"] = stream.version();
     info["bits"] = stream.bits();
     info["shapes"] = shapes;
     info["flags"] = flags;
@@ -188,7 +218,7 @@ py::dict ctx_info(const py::buffer& data) {
 
 PYBIND11_MODULE(_codec, m) {
     m.doc() = "pgolf C++ codec: int2..int8 bit packing, rANS and context-modelled coding (use pgolf.codec)";
-    m.attr("ABI_VERSION") = 4;
+    m.attr("ABI_VERSION") = 5;
     py::register_exception<pgolf::stream_error>(m, "StreamError", PyExc_ValueError);
     m.def("packed_size", &pgolf::packed_size, py::arg("count"), py::arg("bits"));
     m.def("pack_bits", &pack_bits, py::arg("codes"), py::arg("bits"));
@@ -197,7 +227,8 @@ PYBIND11_MODULE(_codec, m) {
           py::arg("bits"), py::arg("row_key") = py::none(), py::arg("segments") = std::vector<uint64_t>());
     m.def("rans_decode", &rans_decode, py::arg("data"), py::arg("max_values"));
     m.def("rans_info", &rans_info, py::arg("data"));
-    m.def("ctx_encode", &ctx_encode, py::arg("mats"), py::arg("shapes"), py::arg("bits"), py::arg("force_flags") = -1);
-    m.def("ctx_decode", &ctx_decode, py::arg("data"), py::arg("max_values"));
+    m.def("ctx_encode", &ctx_encode, py::arg("mats"), py::arg("shapes"), py::arg("bits"), py::arg("force_flags") = -1,
+          py::arg("priors") = std::vector<py::object>());
+    m.def("ctx_decode", &ctx_decode, py::arg("data"), py::arg("max_values"), py::arg("priors") = std::vector<py::object>());
     m.def("ctx_info", &ctx_info, py::arg("data"));
 }

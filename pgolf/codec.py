@@ -14,8 +14,8 @@ wrap outputs with ``torch.from_numpy`` when a tensor is wanted):
   each, whichever is smaller (the artifact's coding of QTensor codes).
 * :func:`ctx_encode` / :func:`ctx_decode`: several 2-D tensors of one bit width as one
   context-modelled stream (adaptive binary arithmetic coding; contexts from the same column in
-  the previous rows, a row order chosen by similarity, column and row activity; layout and
-  model in ``csrc/ctxcoder.h``).
+  the previous rows, a row order chosen by similarity, column activity and an optional column
+  prior, :func:`prior_classes`; layout and model in ``csrc/ctxcoder.h``).
 
 Streams carry no checksum: a decoder rejects malformed input but a corrupted stream can decode to
 wrong values without error (the artifact file's checksum is what catches damage on disk).
@@ -35,7 +35,7 @@ import numpy as np
 
 __all__ = ["COMPRESSORS", "CodecError", "CodecUnavailable", "available", "packed_size", "pack_bits", "unpack_bits",
            "rans_encode", "rans_decode", "rans_info", "rans_encode_set", "rans_decode_set",
-           "ctx_encode", "ctx_decode", "ctx_info"]
+           "ctx_encode", "ctx_decode", "ctx_info", "prior_classes", "PRIOR_CLASSES"]
 
 # The payload compressors an artifact can be written with (``quant.codec``).
 COMPRESSORS = ("zlib", "zstd", "rans")
@@ -228,18 +228,56 @@ def rans_info(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     return info
 
 
-def ctx_encode(tensors: list[Any], bits: int, *, force_flags: int | None = None) -> bytes:
+PRIOR_CLASSES = 16  # a column prior's classes, 0..15 (csrc/ctxcoder.h)
+
+
+def prior_classes(values: Any, classes: int = PRIOR_CLASSES) -> np.ndarray:
+    """Rank classes of a 1-D float vector, for a column prior: ``floor(rank * classes / n)`` as
+    uint8, ranks by a stable sort of the values as float32 (ties in order of position), so the
+    writer and the reader of an artifact get the same classes from the same stored fp16 scales."""
+    x = np.asarray(values.detach().cpu().float().numpy() if hasattr(values, "detach") else values, np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"prior_classes takes a 1-D vector, got shape {x.shape}")
+    ranks = np.empty(len(x), np.int64)
+    ranks[np.argsort(x, kind="stable")] = np.arange(len(x))
+    return (ranks * classes // max(len(x), 1)).astype(np.uint8)
+
+
+def _priors(priors: list[Any] | None, count: int) -> list:
+    if priors is None:
+        return []
+    if len(priors) != count:
+        raise ValueError(f"priors needs one entry (None or classes) per tensor, got {len(priors)} for {count}")
+    out = []
+    for k, p in enumerate(priors):
+        if p is None:
+            out.append(None)
+            continue
+        a = np.ascontiguousarray(np.asarray(p))
+        if a.ndim != 1 or a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() >= PRIOR_CLASSES)):
+            raise ValueError(f"prior {k} must be a 1-D integer vector of classes 0..{PRIOR_CLASSES - 1}")
+        out.append(a.astype(np.uint8))
+    return out
+
+
+def ctx_encode(tensors: list[Any], bits: int, *, force_flags: int | None = None,
+               priors: list[Any] | None = None) -> bytes:
     """Code 2-D int8 tensors of ``bits``-bit codes as one context-modelled stream.
 
     Each value is binarised (zero?, sign, unary magnitude) and every binary decision is coded with
     a probability that mixes (logistic mixing, learned online) adaptive models whose contexts are
-    the values at the same column in the two previous coded rows, the previous value of the row,
-    and the running mean magnitude of the column and of the row; the models carry over from
-    tensor to tensor, so tensors of one role across layers learn from each other. Per tensor the
-    encoder keeps the smallest of plain, transposed, rows reordered by greedy L1 nearest
-    neighbour (the order is stored) and both. ``force_flags`` (0..3: bit 0 transposed, bit 1
-    reordered) forces one variant on every tensor. Values outside the ``bits`` range raise
-    ``ValueError`` naming the tensor, index and value.
+    the values at the same column in the two previous coded rows, the column's running mean,
+    mean magnitude and how far the row so far copies the row above; the models carry over from
+    tensor to tensor, so tensors of one role across layers learn from each other.
+
+    ``priors`` (optional, one entry per tensor): ``None`` or a class 0..15 per column (e.g.
+    :func:`prior_classes` of the row scales of the matrix that feeds those columns), which the
+    tensor is then coded with: a fifth model keyed by the class; decoding needs the same classes
+    again. The encoder picks per tensor plain, transposed, rows reordered by greedy L1 nearest
+    neighbour (the order is coded in the stream) or both: the smallest of each tensor's best
+    variant and every uniform choice, costed over the whole stream. ``force_flags`` (0..3: bit 0
+    transposed, bit 1 reordered) forces one variant on every tensor. Values outside the ``bits``
+    range raise ``ValueError`` naming the tensor, index and value.
     """
     bits = _check_bits(bits)
     arrs = [_int8_array(t, "tensors") for t in tensors]
@@ -247,22 +285,32 @@ def ctx_encode(tensors: list[Any], bits: int, *, force_flags: int | None = None)
         raise ValueError("ctx_encode takes 2-D tensors")
     if force_flags is not None and (isinstance(force_flags, bool) or force_flags not in (0, 1, 2, 3)):
         raise ValueError(f"force_flags must be None or 0..3, got {force_flags!r}")
-    return _ext().ctx_encode(arrs, [a.shape for a in arrs], bits, -1 if force_flags is None else int(force_flags))
+    return _ext().ctx_encode(arrs, [a.shape for a in arrs], bits, -1 if force_flags is None else int(force_flags),
+                             _priors(priors, len(arrs)))
 
 
-def ctx_decode(data: bytes | bytearray | memoryview, *, max_values: int | None = None) -> list[np.ndarray]:
+def ctx_decode(data: bytes | bytearray | memoryview, *, max_values: int | None = None,
+               priors: list[Any] | None = None) -> list[np.ndarray]:
     """Decode a :func:`ctx_encode` stream into its 2-D int8 arrays.
 
-    ``max_values`` bounds the total values the stream may declare before any allocation
-    (default ``2**32``); a stream declaring more raises :class:`CodecError`, as does any
-    truncated, corrupt or trailing-garbage input.
+    ``priors``: the encoder's, one entry per tensor (read only for the tensors the stream says
+    were coded with one; such a tensor without one raises :class:`CodecError`). ``max_values``
+    bounds the total values the stream may declare before any allocation (default ``2**32``); a
+    stream declaring more raises :class:`CodecError`, as does any truncated, corrupt or
+    trailing-garbage input.
     """
     limit = DEFAULT_MAX_VALUES if max_values is None else int(max_values)
-    return _decoding(lambda e: e.ctx_decode, data, limit)
+    ext = _ext()
+    try:
+        count = len(ext.ctx_info(data)["shapes"]) if priors is not None else 0
+    except ext.StreamError as e:
+        raise CodecError(str(e)) from None
+    return _decoding(lambda e: e.ctx_decode, data, limit, _priors(priors, count))
 
 
 def ctx_info(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """The header of a :func:`ctx_encode` stream, validated, without decoding the payload:
-    ``bits``, ``shapes`` (one ``(rows, cols)`` per tensor) and ``flags`` (per tensor: bit 0
-    transposed, bit 1 rows reordered)."""
+    ``version`` (3; 2 for streams of earlier pgolf, still decoded), ``bits``, ``shapes`` (one
+    ``(rows, cols)`` per tensor) and ``flags`` (per tensor: bit 0 transposed, bit 1 rows
+    reordered, bit 2 coded with a column prior)."""
     return _decoding(lambda e: e.ctx_info, data)

@@ -1,8 +1,9 @@
-"""pgolf.artifact: golden bytes of the v3 and v2 formats (and reading v1), round trips for every
-codec and version, joint rANS and context-coded payloads, the side stream, v3 never larger than
-v2, and every corruption the loader must name."""
+"""pgolf.artifact: golden bytes of the v5 and v2 formats (and reading v1, v3, v4), round trips for
+every codec and version, joint rANS and context-coded payloads with column priors, the side
+stream, v5 never larger than v2, and every corruption the loader must name."""
 import hashlib
 import json
+import lzma
 import os
 import struct
 import sys
@@ -20,6 +21,7 @@ GOLDEN = Path(__file__).parent / "golden" / "artifact_v2.pgolf"
 GOLDEN_V3 = Path(__file__).parent / "golden" / "artifact_v3.pgolf"
 GOLDEN_V1 = Path(__file__).parent / "golden" / "artifact_v1.pgolf"
 GOLDEN_V4 = Path(__file__).parent / "golden" / "artifact_v4.pgolf"
+GOLDEN_V5 = Path(__file__).parent / "golden" / "artifact_v5.pgolf"
 # Version 3 as written before rans artifacts left zstd out (its index is zstd-compressed): still read.
 GOLDEN_V3_ZSTD = Path(__file__).parent / "golden" / "artifact_v3_zstd_index.pgolf"
 
@@ -47,7 +49,29 @@ def golden_inputs(version=2):
     if version >= 4:  # LQER factors of blocks.0.mlp.proj.weight (4 x 64) at rank 2, on the record's grids
         tensors["blocks.0.mlp.proj.weight.lqer_a"] = lqer_factor((2, 4), 2, seed=8, one_scale=True)
         tensors["blocks.0.mlp.proj.weight.lqer_b"] = lqer_factor((2, 64), 4, seed=9, one_scale=False)
+    if version >= 5:  # a block whose mlp.proj columns follow the mlp.fc row scales: a column prior
+        tensors.update(prior_block(seed=10))
     return {"model_dim": 16, "num_layers": 1}, tensors, {"val_bpb": 1.25, "note": "golden"}
+
+
+def prior_block(seed, layers=(1,), hidden=256, dim=8):
+    """``blocks.L.mlp.fc`` / ``mlp.proj`` pairs whose proj column magnitudes follow the fc row
+    scales (a hidden unit's importance shows in both), quantised with max-abs rows at int6."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for layer in layers:
+        unit = np.exp(rng.uniform(-2, 2, hidden))
+        out[f"blocks.{layer}.mlp.fc.weight"] = quantised(rng.standard_normal((hidden, dim)) * unit[:, None], 6)
+        out[f"blocks.{layer}.mlp.proj.weight"] = quantised(rng.standard_normal((dim, hidden)) * unit[None, :], 6)
+    return out
+
+
+def quantised(w, bits):
+    qmax = 2 ** (bits - 1) - 1
+    scale = (np.abs(w).max(1) / qmax).astype(np.float16)
+    codes = np.clip(np.round(w / scale.astype(np.float32)[:, None]), -qmax, qmax).astype(np.int8)
+    return QTensor(codes=torch.from_numpy(codes), scale=torch.from_numpy(scale), bits=bits, shape=w.shape,
+                   dtype=torch.float32)
 
 
 def lqer_factor(shape, bits, *, seed, one_scale):
@@ -68,18 +92,45 @@ def assert_same(a, b):
         assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
 
 
-@pytest.mark.parametrize("version", [2, 3, 4])
+@pytest.mark.parametrize("version", [2, 5])
 def test_golden_bytes_pin_the_format(tmp_path, version):
-    golden = {2: GOLDEN, 3: GOLDEN_V3, 4: GOLDEN_V4}[version]
-    config, tensors, meta = golden_inputs(version=max(version, 2))
+    golden = {2: GOLDEN, 5: GOLDEN_V5}[version]
+    config, tensors, meta = golden_inputs(version=version)
     info = save_artifact(tmp_path / "a.pgolf", config=config, tensors=tensors, meta=meta,
-                         version=2 if version == 2 else None)  # 3 or 4: the writer's own choice
+                         version=2 if version == 2 else None)  # 5: the writer's own choice
     assert (tmp_path / "a.pgolf").read_bytes() == golden.read_bytes(), "artifact format changed: a visible decision"
     assert info.total_bytes == os.path.getsize(tmp_path / "a.pgolf") == golden.stat().st_size
     art = load_artifact(golden, expected={k: tuple(v.shape) for k, v in tensors.items()})
     assert art.config == config and art.meta == meta and list(art.tensors) == list(tensors)
     for name, t in tensors.items():
         assert_same(art.tensors[name], t)
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_versions_3_and_4_are_still_read(version):
+    """Files of earlier pgolf (their context-coded payloads are version-2 streams) load exactly."""
+    golden = {3: GOLDEN_V3, 4: GOLDEN_V4}[version]
+    config, tensors, meta = golden_inputs(version=version)
+    assert struct.unpack_from("<I", golden.read_bytes(), 8)[0] == version
+    art = load_artifact(golden, expected={k: tuple(v.shape) for k, v in tensors.items()})
+    assert art.config == config and art.meta == meta and list(art.tensors) == list(tensors)
+    for name, t in tensors.items():
+        assert_same(art.tensors[name], t)
+
+
+def test_golden_v5_codes_with_a_column_prior():
+    """The golden v5 file context-codes the prior block's mlp.proj with the column prior of the
+    mlp.fc row scales (the writer kept it: smaller than without)."""
+    _, header = index_of(GOLDEN_V5.read_bytes())
+    refs = {e["name"]: e["codes"] for e in header["tensors"] if e["kind"] == "q"}
+    assert refs["blocks.1.mlp.proj.weight"]["codec"] == "ctx"
+    assert refs["blocks.1.mlp.proj.weight"]["prior"] == "blocks.1.mlp.fc.weight"
+    ctx = header["ctx"][refs["blocks.1.mlp.proj.weight"]["ctx"]]
+    data = GOLDEN_V5.read_bytes()
+    hlen = struct.unpack_from("<I", data, 12)[0]
+    stream = data[16 + hlen + ctx["offset"]:16 + hlen + ctx["offset"] + ctx["length"]]
+    info = codec.ctx_info(stream)  # blocks.0.mlp.proj (no matrix in its block feeds it) has none
+    assert info["version"] == 3 and [f & 4 for f in info["flags"]] == [0, 4]
 
 
 def test_version_1_files_are_still_read():
@@ -106,8 +157,8 @@ def test_a_rans_artifact_is_written_and_read_without_zstandard(tmp_path, monkeyp
     config, tensors, meta = golden_inputs()
     monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard now fails
     save_artifact(tmp_path / "a.pgolf", config=config, tensors=tensors, meta=meta, codec="rans")
-    _, header = v3_index((tmp_path / "a.pgolf").read_bytes())
-    assert header["side"]["codec"] in ("lzma", "zlib", "raw")
+    _, header = index_of((tmp_path / "a.pgolf").read_bytes())
+    assert header["side"]["codec"] in ("lzma2", "lzma", "zlib", "raw")
     art = load_artifact(tmp_path / "a.pgolf")
     for name, t in tensors.items():
         assert_same(art.tensors[name], t)
@@ -143,7 +194,7 @@ def test_joint_payload_of_many_small_tensors_is_smaller_and_exact(tmp_path):
         assert_same(art.tensors[name], t)
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 5])
 @pytest.mark.parametrize("codec", ["rans", "zstd", "zlib", "raw"])
 def test_round_trip_every_codec_and_dtype(tmp_path, codec, version):
     tensors = {
@@ -208,7 +259,7 @@ def test_corruption_is_named(tmp_path):
     hlen = struct.unpack_from("<I", good, 12)[0]
     cases = [
         (b"NOTPGOLF" + good[8:], "bad magic"),
-        (good[:8] + struct.pack("<I", 5) + good[12:], "unsupported artifact format version 5"),
+        (good[:8] + struct.pack("<I", 6) + good[12:], "unsupported artifact format version 6"),
         (good[:10], "truncated"),
         (good[:16 + hlen // 2], "truncated"),
         (good[:16 + hlen + 5], "truncated"),
@@ -287,48 +338,63 @@ def test_expected_names_and_shapes(tmp_path):
         load_artifact(GOLDEN, expected=wrong)
 
 
-def v3_index(data):
+def index_of(data):
+    """``(header length, JSON index)`` of a version 3-5 file."""
     hlen = struct.unpack_from("<I", data, 12)[0]
     method, blob = data[16], data[17:16 + hlen]
-    raw = {0: lambda b: b, 1: lambda b: __import__("zstandard").ZstdDecompressor().decompress(b),
-           2: __import__("lzma").decompress}[method](blob)
-    return hlen, json.loads(raw)
+    return hlen, json.loads(unpack(blob, ("raw", "zstd", "lzma", "lzma2")[method]))
 
 
-def test_v3_layout_index_side_stream_and_checksum():
-    data = GOLDEN_V3.read_bytes()
+def unpack(blob, codec_name):
+    """A payload through its codec, decoded here with the libraries themselves (not pgolf)."""
+    import zlib
+    if codec_name == "lzma2":
+        return lzma.decompress(blob, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 22}])
+    if codec_name == "zstd":
+        import zstandard
+        return zstandard.ZstdDecompressor().decompress(blob)
+    return {"raw": lambda b: b, "lzma": lzma.decompress, "zlib": zlib.decompress}[codec_name](blob)
+
+
+def test_v5_layout_index_side_stream_and_checksum():
+    data = GOLDEN_V5.read_bytes()
     magic, version, _ = struct.unpack_from("<8sII", data)
-    assert (magic, version) == (MAGIC, 3)
-    hlen, header = v3_index(data)
+    assert (magic, version) == (MAGIC, 5)
+    assert data[16] == 3  # the index as raw LZMA2
+    hlen, header = index_of(data)
     assert len(data) == 16 + hlen + header["payload_bytes"] + 32
     assert hashlib.sha256(data[:-32]).digest() == data[-32:]
     side = header["side"]
-    assert side["size"] == sum(e.get("scale", e.get("data"))["length"] for e in header["tensors"])
-    offsets = [e.get("scale", e.get("data"))["offset"] for e in header["tensors"]]
-    assert offsets == sorted(offsets) and all(e.get("scale", e.get("data"))["codec"] == "side" for e in header["tensors"])
+    regions = sorted((e.get("scale", e.get("data"))["offset"], e.get("scale", e.get("data"))["length"])
+                     for e in header["tensors"])
+    assert all(e.get("scale", e.get("data"))["codec"] == "side" for e in header["tensors"])
+    assert [o for o, _ in regions] == [sum(n for _, n in regions[:i]) for i in range(len(regions))]  # they tile it
+    assert side["size"] == sum(n for _, n in regions) == sum(n for _, n in side["groups"])
+    assert [k for k, _ in side["groups"]] == [2, 4, 8]  # fp16 scales and bf16, float32, int64
 
 
-def test_v3_side_regions_are_byte_planes():
-    config, tensors, meta = golden_inputs()
-    data = GOLDEN_V3.read_bytes()
-    hlen, header = v3_index(data)
+def test_v5_side_stream_groups_are_byte_planes():
+    """Decoded with lzma itself: regions of one item size are consecutive; a shuffled group is
+    stored plane by plane as a whole; an entry's offset counts in the unshuffled stream."""
+    config, tensors, meta = golden_inputs(version=5)
+    data = GOLDEN_V5.read_bytes()
+    hlen, header = index_of(data)
     side = header["side"]
-    payload = data[16 + hlen + side["offset"]:16 + hlen + side["offset"] + side["length"]]
-    import lzma
-    import zlib
+    raw = unpack(data[16 + hlen + side["offset"]:16 + hlen + side["offset"] + side["length"]], side["codec"])
+    plain, at = b"", 0
+    for k, n in side["groups"]:
+        group = raw[at:at + n]
+        plain += np.frombuffer(group, np.uint8).reshape(k, -1).T.tobytes() if side["shuffle"] else group
+        at += n
+    for e in header["tensors"]:
+        ref = e.get("scale", e.get("data"))
+        t = tensors[e["name"]]
+        want = (t.scale if isinstance(t, QTensor) else t).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        assert plain[ref["offset"]:ref["offset"] + ref["length"]] == want, e["name"]
 
-    import zstandard
-    raw = {"raw": lambda b: b, "zstd": zstandard.ZstdDecompressor().decompress, "lzma": lzma.decompress,
-           "zlib": zlib.decompress}[side["codec"]](payload)
-    e = header["tensors"][0]
-    region = raw[e["scale"]["offset"]:e["scale"]["offset"] + e["scale"]["length"]]
-    scale = tensors[e["name"]].scale.numpy().view(np.uint8)
-    want = scale.reshape(-1, 2).T.tobytes() if side["shuffle"] else scale.tobytes()
-    assert region == want
 
-
-def test_v3_context_codes_a_role_across_layers(tmp_path):
-    """Near-duplicate rows (one role over four layers): v3 stores them context-coded, one payload,
+def test_v5_context_codes_a_role_across_layers(tmp_path):
+    """Near-duplicate rows (one role over four layers): v5 stores them context-coded, one payload,
     far below v2, exactly."""
     rng = np.random.default_rng(8)
     protos = rng.integers(-20, 21, (8, 64))
@@ -340,21 +406,22 @@ def test_v3_context_codes_a_role_across_layers(tmp_path):
             shape=(48, 64), dtype=torch.float32)
     tensors["blocks.0.attn.c_q.weight"] = qtensor((32, 64), 6, 3)
     v2 = save_artifact(tmp_path / "v2.pgolf", config={}, tensors=tensors, version=2)
-    v3 = save_artifact(tmp_path / "v3.pgolf", config={}, tensors=tensors)
-    _, header = v3_index((tmp_path / "v3.pgolf").read_bytes())
+    v5 = save_artifact(tmp_path / "v5.pgolf", config={}, tensors=tensors)
+    _, header = index_of((tmp_path / "v5.pgolf").read_bytes())
     refs = {e["name"]: e["codes"] for e in header["tensors"]}
     assert len({json.dumps(refs[f"blocks.{i}.mlp.fc.weight"]) for i in range(4)}) == 1
     assert refs["blocks.0.mlp.fc.weight"]["codec"] == "ctx"
-    assert v3.total_bytes < 0.7 * v2.total_bytes
-    assert sum(v3.tensor_bytes.values()) == header["payload_bytes"]
-    art = load_artifact(tmp_path / "v3.pgolf", expected={k: tuple(v.shape) for k, v in tensors.items()})
+    assert v5.total_bytes < 0.7 * v2.total_bytes
+    assert sum(v5.tensor_bytes.values()) == header["payload_bytes"]
+    art = load_artifact(tmp_path / "v5.pgolf", expected={k: tuple(v.shape) for k, v in tensors.items()})
     for name, t in tensors.items():
         assert_same(art.tensors[name], t)
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_v3_never_larger_than_v2(tmp_path, seed):
-    """Random sets of tensors (widths, shapes, roles, float tensors): v3 <= v2, byte for byte counted."""
+def test_v5_never_larger_than_v2(tmp_path, seed):
+    """Random sets of tensors (widths, shapes, roles, float tensors, blocks whose matrices have
+    column priors): v5 <= v2, byte for byte counted."""
     rng = np.random.default_rng(seed)
     tensors = {}
     for i in range(int(rng.integers(1, 7))):
@@ -362,18 +429,20 @@ def test_v3_never_larger_than_v2(tmp_path, seed):
         shape = (int(rng.integers(1, 40)), int(rng.choice([7, 64, 128])))
         tensors[f"blocks.{i % 3}.{rng.choice(['attn', 'mlp'])}.w"] = qtensor(shape, bits, seed * 10 + i)
     tensors["scalars"] = torch.from_numpy(rng.standard_normal(int(rng.integers(1, 50))).astype(np.float32))
+    if seed % 2:
+        tensors.update(prior_block(seed, layers=range(int(rng.integers(1, 4)))))
     for codec in ("rans", "zstd"):
         v2 = save_artifact(tmp_path / "v2.pgolf", config={"seed": seed}, tensors=tensors, codec=codec, version=2)
-        v3 = save_artifact(tmp_path / "v3.pgolf", config={"seed": seed}, tensors=tensors, codec=codec)
-        assert v3.total_bytes <= v2.total_bytes, (codec, v3.total_bytes, v2.total_bytes)
-        art = load_artifact(tmp_path / "v3.pgolf")
+        v5 = save_artifact(tmp_path / "v5.pgolf", config={"seed": seed}, tensors=tensors, codec=codec)
+        assert v5.total_bytes <= v2.total_bytes, (codec, v5.total_bytes, v2.total_bytes)
+        art = load_artifact(tmp_path / "v5.pgolf")
         for name, t in tensors.items():
             assert_same(art.tensors[name], t)
 
 
 def test_v3_corruption_behind_a_valid_checksum_is_named(tmp_path):
     good = GOLDEN_V3.read_bytes()
-    hlen, header = v3_index(good)
+    hlen, header = index_of(good)
 
     def with_header(mutate):
         h = json.loads(json.dumps(header))
@@ -406,7 +475,7 @@ def test_v3_corruption_behind_a_valid_checksum_is_named(tmp_path):
         load_artifact(corrupt(tmp_path, bad_method))
 
 
-def test_v3_corrupt_context_payload_is_named(tmp_path):
+def test_corrupt_context_payload_is_named(tmp_path):
     tensors = {f"blocks.{i}.mlp.fc.weight": qtensor((24, 64), 6, 50 + i) for i in range(3)}
     rng = np.random.default_rng(9)
     protos = rng.integers(-20, 21, (4, 64))
@@ -414,7 +483,7 @@ def test_v3_corrupt_context_payload_is_named(tmp_path):
         tensors[name].codes.copy_(torch.from_numpy(protos[rng.integers(0, 4, 24)].astype(np.int8)))
     save_artifact(tmp_path / "m.pgolf", config={}, tensors=tensors)
     good = (tmp_path / "m.pgolf").read_bytes()
-    hlen, header = v3_index(good)
+    hlen, header = index_of(good)
     assert len(header["ctx"]) == 1
     ref = header["ctx"][0]
     cut = bytearray(good)
@@ -434,13 +503,68 @@ def test_v3_corrupt_context_payload_is_named(tmp_path):
         load_artifact(corrupt(tmp_path, data))
 
 
-def test_lqer_factors_need_version_4(tmp_path):
+def test_v5_side_and_prior_corruption_behind_a_valid_checksum_is_named(tmp_path):
+    good = GOLDEN_V5.read_bytes()
+    hlen, header = index_of(good)
+
+    def with_header(mutate):
+        h = json.loads(json.dumps(header))
+        mutate(h)
+        hb = b"\0" + json.dumps(h, sort_keys=True, separators=(",", ":")).encode()
+        return resealed(good[:12] + struct.pack("<I", len(hb)) + hb + good[16 + hlen:])
+
+    def entry(h, name):
+        return next(e for e in h["tensors"] if e["name"] == name)
+
+    def groups_short(h):
+        h["side"]["groups"][0][1] += 1
+
+    def groups_odd(h):
+        h["side"]["groups"] = [[4, 2], [2, h["side"]["size"] - 2]]
+
+    def no_groups(h):
+        del h["side"]["groups"]
+
+    def prior_unknown(h):
+        entry(h, "blocks.1.mlp.proj.weight")["codes"]["prior"] = "blocks.9.mlp.fc.weight"
+
+    def prior_raw(h):
+        entry(h, "blocks.1.mlp.proj.weight")["codes"]["prior"] = "skip_weights"
+
+    def prior_rows(h):
+        entry(h, "blocks.1.mlp.proj.weight")["codes"]["prior"] = "tok_emb.weight"
+
+    def prior_missing(h):
+        del entry(h, "blocks.1.mlp.proj.weight")["codes"]["prior"]
+
+    def moved(h):  # a tensor listed with another context-coded payload
+        entry(h, "blocks.1.mlp.proj.weight")["codes"]["ctx"] = entry(h, "blocks.0.attn.qkv.weight")["codes"]["ctx"]
+
+    proj = r"context-coded payload \d \(tensors 'blocks.0.mlp.proj.weight', 'blocks.1.mlp.proj.weight'\): "
+    for mutate, message in [
+            (groups_short, r"side stream: groups .* are not \[item size, bytes\] pairs covering its"),
+            (groups_odd, "are not .item size, bytes. pairs"), (no_groups, "header field 'groups' missing"),
+            (prior_unknown, proj + "tensor 'blocks.1.mlp.proj.weight' names the prior 'blocks.9.mlp.fc.weight', "
+                                   "not a quantised tensor of this file"),
+            (prior_raw, proj + "tensor .* names the prior 'skip_weights', not a quantised tensor"),
+            (prior_rows, proj + "prior 'tok_emb.weight' has 3 rows, tensor 'blocks.1.mlp.proj.weight' has 256 columns"),
+            (prior_missing, proj + "context-coded stream matrix 1 was coded with a column prior and none was given"),
+            (moved, r"context-coded payload 0 \(tensors 'blocks.0.attn.qkv.weight', 'blocks.1.mlp.proj.weight'\): "
+                    r"holds matrices \[\(12, 16\)\], its tensors need \[\(12, 16\), \(8, 256\)\]")]:
+        with pytest.raises(ArtifactError, match=message):
+            load_artifact(corrupt(tmp_path, with_header(mutate)))
+
+
+def test_lqer_factors_need_version_4_or_5(tmp_path):
     config, tensors, meta = golden_inputs(version=4)
     assert struct.unpack_from("<I", GOLDEN_V4.read_bytes(), 8)[0] == 4
-    for version in (2, 3):
-        with pytest.raises(ValueError, match=rf"version {version} cannot hold LQER factors "
-                                             r"\(blocks.0.mlp.proj.weight.lqer_a, blocks.0.mlp.proj.weight.lqer_b\)"):
-            save_artifact(tmp_path / "a.pgolf", config=config, tensors=tensors, meta=meta, version=version)
+    with pytest.raises(ValueError, match=r"version 2 cannot hold LQER factors "
+                                         r"\(blocks.0.mlp.proj.weight.lqer_a, blocks.0.mlp.proj.weight.lqer_b\); "
+                                         r"write version 5"):
+        save_artifact(tmp_path / "a.pgolf", config=config, tensors=tensors, meta=meta, version=2)
+    with pytest.raises(ValueError, match="version must be one of 2, 5, got 4"):
+        save_artifact(tmp_path / "a.pgolf", config=config, tensors=tensors, meta=meta, version=4)
     assert not (tmp_path / "a.pgolf").exists()
-    art = load_artifact(GOLDEN_V4)
-    assert art.tensors["blocks.0.mlp.proj.weight.lqer_a"].codes.min() == -2  # the asymmetric int2 grid survives
+    for golden in (GOLDEN_V4, GOLDEN_V5):
+        art = load_artifact(golden)
+        assert art.tensors["blocks.0.mlp.proj.weight.lqer_a"].codes.min() == -2  # the asymmetric int2 grid survives

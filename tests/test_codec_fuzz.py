@@ -1,6 +1,9 @@
 """Decoders against hostile input: thousands of random, truncated, bit-flipped and spliced
 streams must decode or raise CodecError, never crash, hang or raise anything else.
 Run under scripts/sanitize.sh to catch out-of-bounds reads as well."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -110,19 +113,28 @@ def ctx_corpus():
                 for s in [(1, 1), (3, 17), (16, 40), (9, 4)]]
         for flags in (None, 0, 1, 2, 3):
             out.append(codec.ctx_encode(mats, bits, force_flags=flags))
+        for flags in (None, 1, 2):  # with column priors (the decoder gets fuzz_priors())
+            out.append(codec.ctx_encode(mats, bits, force_flags=flags, priors=fuzz_priors([m.shape for m in mats])))
     protos = rng.integers(-20, 21, (4, 32))
     out.append(codec.ctx_encode([protos[rng.integers(0, 4, 24)].astype(np.int8)], 6))
     out += [codec.ctx_encode([], 6), codec.ctx_encode([np.zeros((0, 3), np.int8)], 6)]
+    golden_v2 = json.loads((Path(__file__).parent / "golden" / "codec_ctx_v2.json").read_text())
+    out += [bytes.fromhex(g["stream"]) for g in golden_v2.values()]  # the previous model, still decoded
     return out
+
+
+def fuzz_priors(shapes):
+    """Column priors for every matrix of a stream of these shapes: classes 0..15 in turn."""
+    return [np.arange(cols) % 16 for _, cols in shapes]
 
 
 def ctx_decode_or_codec_error(data):
     try:
-        codec.ctx_info(data)
+        priors = fuzz_priors(codec.ctx_info(data)["shapes"])
     except codec.CodecError:
-        pass
+        priors = None
     try:
-        out = codec.ctx_decode(data, max_values=LIMIT)
+        out = codec.ctx_decode(data, max_values=LIMIT, priors=priors)
     except codec.CodecError:
         return None
     assert all(a.dtype == np.int8 and a.ndim == 2 for a in out) and sum(a.size for a in out) <= LIMIT
@@ -131,12 +143,13 @@ def ctx_decode_or_codec_error(data):
 
 def test_ctx_every_truncation_and_trailing_bytes_raise_codec_error():
     for data in ctx_corpus():
+        priors = fuzz_priors(codec.ctx_info(data)["shapes"])
         for n in range(len(data)):
             with pytest.raises(codec.CodecError):
-                codec.ctx_decode(data[:n], max_values=LIMIT)
+                codec.ctx_decode(data[:n], max_values=LIMIT, priors=priors)
         for extra in (b"\0", b"\x01\x02\x03\x04"):
             with pytest.raises(codec.CodecError):
-                codec.ctx_decode(data + extra, max_values=LIMIT)
+                codec.ctx_decode(data + extra, max_values=LIMIT, priors=priors)
 
 
 def test_ctx_mutated_and_random_streams():
@@ -163,7 +176,8 @@ def test_ctx_mutated_and_random_streams():
             a = a[:rng.integers(len(a) + 1)] + b[rng.integers(len(b) + 1):]
         elif kind == 3:  # random bytes after a valid head
             a = a[:rng.integers(3, 12)] + bytearray(rng.integers(0, 256, rng.integers(0, 200), dtype=np.uint8))
-        else:  # pure garbage behind the magic
-            a = bytearray(b"PGC\x01") + bytearray(rng.integers(0, 256, rng.integers(0, 64), dtype=np.uint8))
+        else:  # pure garbage behind the magic and a version this build reads
+            a = bytearray(b"PGC" + bytes([int(rng.integers(2, 4))]))
+            a += bytearray(rng.integers(0, 256, rng.integers(0, 64), dtype=np.uint8))
         ctx_decode_or_codec_error(bytes(a))
     assert header_detected > 0.9 * header_total, (header_detected, header_total)

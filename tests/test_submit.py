@@ -341,8 +341,10 @@ def test_a_rans_submission_builds_its_codec_and_writes_and_decodes_pgolfs_artifa
     pgolf_artifact = rans_run / "model.pgolf"
     data = pgolf_artifact.read_bytes()
     method, blob = data[16], data[17:16 + struct.unpack_from("<I", data, 12)[0]]
-    assert method in (0, 2)  # raw or lzma: no zstd, which the challenge's environment lacks
-    index = json.loads(blob if method == 0 else lzma.decompress(blob))
+    assert method in (0, 2, 3)  # raw, xz or raw LZMA2: no zstd, which the challenge's environment lacks
+    raw_lzma2 = [{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 22}]
+    index = json.loads({0: lambda b: b, 2: lzma.decompress,
+                        3: lambda b: lzma.decompress(b, format=lzma.FORMAT_RAW, filters=raw_lzma2)}[method](blob))
     codes = {e["codes"]["codec"] for e in index["tensors"] if e["kind"] == "q"}
     assert len(index["tensors"]) > 10 and codes and codes <= {"rans", "joint", "ctx"}  # all entropy coded
     out = tmp_path / "record"
@@ -405,7 +407,7 @@ def test_a_portable_artifact_reads_without_zstandard(tmp_path, monkeypatch, code
     config = {"note": "ab" * 300 + "".join(chr(97 + i % 26) * (i % 7) for i in range(400))}
     tensors = {"w": torch.arange(64, dtype=torch.float32)}
     save_artifact(tmp_path / "a.pgolf", config=config, tensors=tensors, codec=codec)
-    assert (tmp_path / "a.pgolf").read_bytes()[16] in (0, 2)  # raw or lzma index
+    assert (tmp_path / "a.pgolf").read_bytes()[16] in (0, 2, 3)  # raw, xz or raw LZMA2 index
     monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard now fails
     assert torch.equal(load_artifact(tmp_path / "a.pgolf").tensors["w"], tensors["w"])
 
