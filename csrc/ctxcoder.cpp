@@ -28,7 +28,7 @@ constexpr int kAct = 16;                 // activity buckets
 constexpr int kCls = 19;                 // neighbour classes: the value clamped to [-9, 9]
 constexpr int kRun = 4;                  // match-run buckets (run_bucket())
 constexpr int kDiff = 9;                 // the value above, relative to the decision: diff()
-constexpr int kModels = 5;               // four always, the fifth (column prior) when a matrix has one
+constexpr int kModels = 4;               // version 2's; version 3 uses the first three
 constexpr int kInputs = kModels + 1;     // the models and a bias
 constexpr int kSets = kNodes * 4;        // mixer weight sets: node x ca / 4
 constexpr int kLimit = 1023;             // counter adaptation: rate 1 / (n + 1.5), n <= kLimit
@@ -61,10 +61,7 @@ struct Tables {
     }
 };
 
-const Tables& tables() {
-    static const Tables t;
-    return t;
-}
+const Tables kTables;  // built once, when the extension loads
 
 // Mean |v| with 6 fraction bits -> bucket 0..15 on a half-octave scale (1.0 -> 4, 2.0 -> 6, ...).
 inline int act_bucket(uint32_t a) {
@@ -85,6 +82,12 @@ inline int diff(int u, int k) { return std::clamp(u - k, -4, 4) + 4; }
 
 inline int run_bucket(uint32_t run) { return run == 0 ? 0 : run < 4 ? 1 : run < 16 ? 2 : 3; }
 
+// A mixer weight clamped to [-kWeightMax, kWeightMax] (std::clamp's value, one test when inside).
+inline int32_t clamp_weight(int32_t v) {
+    if (uint32_t(v + kWeightMax) > uint32_t(2 * kWeightMax)) v = v < 0 ? -kWeightMax : kWeightMax;
+    return v;
+}
+
 struct Counter {
     uint16_t p = 32768;  // probability of a 1, 16 bits
     uint16_t n = 0;
@@ -95,8 +98,8 @@ class Model {
     // `version`: the stream version whose model this is (2 or 3; see the column activities).
     explicit Model(int version)
         : version_(version),
-          m_{std::vector<Counter>(kAct * kAct * kNodes), std::vector<Counter>(kCls * 8 * kNodes),
-             std::vector<Counter>(kDiff * kCls * kRun * kNodes), std::vector<Counter>(kCls * kAct * kNodes),
+          m_{std::vector<Counter>(kAct * kAct * kNodes), std::vector<Counter>(kDiff * kCls * kRun * kNodes),
+             std::vector<Counter>(kCls * kAct * kNodes), std::vector<Counter>(kCls * 8 * kNodes),
              std::vector<Counter>(kCtxPriorClasses * kAct * kNodes)} {
         for (auto& set : w_) {
             std::fill(set, set + kModels, kInit);
@@ -110,6 +113,20 @@ class Model {
     template <class Coder>
     void code_matrix(Coder& io, int8_t* m, uint64_t R, uint64_t C, int bits, const uint8_t* pcol,
                      const uint8_t* prow) {
+        Coder local = io;  // a copy the compiler can keep in registers
+        if (version_ >= 3)
+            code_rows<Coder, 3>(local, m, R, C, bits, pcol, prow);
+        else
+            code_rows<Coder, 4>(local, m, R, C, bits, pcol, prow);
+        io = local;
+    }
+
+  private:
+    // code_matrix's work, on its copy of the coder, with the first N models of the slots below
+    // (version 2: all four; version 3: the first three).
+    template <class Coder, int N>
+    void code_rows(Coder& io, int8_t* m, uint64_t R, uint64_t C, int bits, const uint8_t* pcol,
+                   const uint8_t* prow) {
         const int qpos = (1 << (bits - 1)) - 1, qneg = 1 << (bits - 1);
         col_.assign(C, global_);
         slow_.assign(C, global_);
@@ -118,35 +135,42 @@ class Model {
             int8_t* row = m + i * C;
             const int8_t* up = i ? row - C : nullptr;
             const int8_t* up2 = i > 1 ? row - 2 * C : nullptr;
+            // Column activities: running means at rates 1/2^cs and 1/2^ss; version 3 starts them as
+            // near-means of the first values (rate 1/2, 1/4, 1/4, 1/8, ...: 1/2^bitlen(i + 1), capped).
+            const int len = 64 - __builtin_clzll(i + 1);
+            const int cs = version_ >= 3 ? std::min(len, 3) : 3, ss = version_ >= 3 ? std::min(len, 8) : 5;
             uint32_t run = 0;
             for (uint64_t j = 0; j < C; ++j) {
                 const int ca = act_bucket(col_[j]), rb = act_bucket(slow_[j]);
                 const int ref = up ? up[j] : 0, ref2 = up2 ? up2[j] : 0, mean = (mean_[j] + 32) >> 6;
                 const int rn = run_bucket(run);
-                const int prior = pcol ? pcol[j] : prow ? prow[i] : -1;
                 // Context slots of the models for a value of sign s (+1, or -1 once the sign is
-                // known to be negative: neighbours are then seen mirrored); no prior: no fifth.
+                // known to be negative: neighbours are then seen mirrored). A column prior takes
+                // model 0's place, in a table of its own.
+                const int prior = pcol ? pcol[j] : prow ? prow[i] : -1;
+                Counter* const first =
+                    prior < 0 ? &m_[0][(ca * kAct + rb) * kNodes] : &m_[kModels][(prior * kAct + ca) * kNodes];
                 auto slots = [&](int s, Counter** c) {
-                    c[0] = &m_[0][(ca * kAct + rb) * kNodes];
-                    c[1] = &m_[1][(cls(s * ref) * 8 + (ca >> 1)) * kNodes];
-                    c[2] = &m_[2][(cls(s * ref2) * kRun + rn) * kDiff * kNodes];
-                    c[3] = &m_[3][(cls(s * mean) * kAct + ca) * kNodes];
-                    c[4] = prior < 0 ? nullptr : &m_[4][(prior * kAct + ca) * kNodes];
+                    c[0] = first;
+                    c[1] = &m_[1][(cls(s * ref2) * kRun + rn) * kDiff * kNodes];
+                    c[2] = &m_[2][(cls(s * mean) * kAct + ca) * kNodes];
+                    if constexpr (N == 4) c[3] = &m_[3][(cls(s * ref) * 8 + (ca >> 1)) * kNodes];
                 };
-                Counter* c[kModels];
+                Counter* c[N];
                 slots(1, c);
                 const int set = ca >> 2;
                 const int v = row[j];
                 int out = 0;
                 const int d0 = diff(ref, 0) * kNodes;
-                if (code(io, c, w_[set], 0, d0, v != 0)) {
-                    const bool neg = code(io, c, w_[4 + set], 1, d0, v < 0);
+                if (code<Coder, N>(io, c, w_[set], 0, d0, v != 0)) {
+                    const bool neg = code<Coder, N>(io, c, w_[4 + set], 1, d0, v < 0);
                     if (neg) slots(-1, c);
                     const int mmax = neg ? qneg : qpos, mag = std::abs(v);
                     int k = 1;
                     while (k < mmax) {
                         const int node = 2 + std::min(k - 1, kNodes - 3);
-                        if (!code(io, c, w_[node * 4 + set], node, diff(neg ? -ref : ref, k) * kNodes, mag > k)) break;
+                        const int d2 = diff(neg ? -ref : ref, k) * kNodes;
+                        if (!code<Coder, N>(io, c, w_[node * 4 + set], node, d2, mag > k)) break;
                         ++k;
                     }
                     out = neg ? -k : k;
@@ -154,47 +178,34 @@ class Model {
                 row[j] = int8_t(out);
                 run = out == ref && up ? run + 1 : 0;
                 const uint32_t x = uint32_t(std::abs(out)) << 6;
-                if (version_ >= 3 && i < 255) {  // the mean of the first values, then running means
-                    const uint32_t n = uint32_t(std::min<uint64_t>(i + 1, 7)), n2 = uint32_t(i + 1);
-                    col_[j] = n == 7 ? (col_[j] * 7 + x) >> 3 : (col_[j] * n + x) / (n + 1);
-                    slow_[j] = (slow_[j] * n2 + x) / (n2 + 1);
-                } else if (version_ >= 3) {
-                    col_[j] = (col_[j] * 7 + x) >> 3;
-                    slow_[j] = (slow_[j] * 255 + x) >> 8;
-                } else {
-                    col_[j] = (col_[j] * 7 + x) >> 3;
-                    slow_[j] = (slow_[j] * 31 + x) >> 5;
-                }
+                col_[j] = (col_[j] * ((1u << cs) - 1) + x) >> cs;
+                slow_[j] = (slow_[j] * ((1u << ss) - 1) + x) >> ss;
                 mean_[j] += ((out * 64) - mean_[j]) / 16;
                 global_ = (global_ * 255 + x) >> 8;
             }
         }
     }
 
-  private:
-    // One binary decision at `node`: mix the models' predictions with weights w, code the bit,
-    // update counters and weights. Model 2's slot is further offset by `d2` (its diff() class).
-    // An absent model (c[i] null: no prior) enters the mix as 0 and is not updated.
-    template <class Coder>
+    // One binary decision at `node`: mix the first N models' predictions with weights w (and the
+    // bias, w[kModels]), code the bit, update counters and weights. Model 1's slot is further
+    // offset by `d2` (its diff() class).
+    template <class Coder, int N>
     static int code(Coder& io, Counter* const* c, int32_t* w, int node, int d2, int bit) {
-        const Tables& T = tables();
-        int st[kInputs];
-        int64_t dot = 0;
-        for (int i = 0; i < kModels; ++i) {
-            st[i] = c[i] ? T.stretch[c[i][node + (i == 2 ? d2 : 0)].p >> 4] : 0;
+        const Tables& T = kTables;
+        int st[N];
+        int64_t dot = int64_t(w[kModels]) * 256;
+        for (int i = 0; i < N; ++i) {
+            st[i] = T.stretch[c[i][node + (i == 1 ? d2 : 0)].p >> 4];
             dot += int64_t(w[i]) * st[i];
         }
-        st[kModels] = 256;
-        dot += int64_t(w[kModels]) * 256;
         const int p = T.squash[std::clamp<int64_t>(dot >> 16, -2047, 2047) + 2047];
         const int y = io.bit(bit, p);
         const int err = (y << 12) - p;
-        for (int i = 0; i < kInputs; ++i)
-            w[i] = std::clamp(w[i] + ((st[i] * err) >> kLrShift), -kWeightMax, kWeightMax);
+        for (int i = 0; i < N; ++i) w[i] = clamp_weight(w[i] + ((st[i] * err) >> kLrShift));
+        w[kModels] = clamp_weight(w[kModels] + ((256 * err) >> kLrShift));
         const int target = y ? 65535 : 0;
-        for (int i = 0; i < kModels; ++i) {
-            if (!c[i]) continue;
-            Counter& q = c[i][node + (i == 2 ? d2 : 0)];
+        for (int i = 0; i < N; ++i) {
+            Counter& q = c[i][node + (i == 1 ? d2 : 0)];
             q.p = uint16_t(q.p + (((target - int(q.p)) * int(T.rate[q.n])) >> 16));
             q.n += q.n < kLimit;
         }
@@ -202,7 +213,7 @@ class Model {
     }
 
     int version_;
-    std::vector<Counter> m_[kModels];
+    std::vector<Counter> m_[kModels + 1];  // the models' counters; the last: model 0 with a prior
     int32_t w_[kSets][kInputs];
     std::vector<uint32_t> col_, slow_;
     std::vector<int32_t> mean_;
@@ -212,23 +223,23 @@ class Model {
 class Encoder {
   public:
     static constexpr bool kDecodes = false;
-    explicit Encoder(std::vector<uint8_t>& out) : out_(out) {}
+    explicit Encoder(std::vector<uint8_t>& out) : out_(&out) {}
     int bit(int y, int p) {
         const uint32_t mid = x1_ + uint32_t((uint64_t(x2_ - x1_) * uint32_t(p)) >> 12);
         y ? x2_ = mid : x1_ = mid + 1;
         while (((x1_ ^ x2_) & 0xFF000000u) == 0) {
-            out_.push_back(uint8_t(x2_ >> 24));
+            out_->push_back(uint8_t(x2_ >> 24));
             x1_ <<= 8;
             x2_ = (x2_ << 8) | 255;
         }
         return y;
     }
     void flush() {
-        for (int b = 3; b >= 0; --b) out_.push_back(uint8_t(x1_ >> (8 * b)));
+        for (int b = 3; b >= 0; --b) out_->push_back(uint8_t(x1_ >> (8 * b)));
     }
 
   private:
-    std::vector<uint8_t>& out_;
+    std::vector<uint8_t>* out_;
     uint32_t x1_ = 0, x2_ = 0xFFFFFFFFu;
 };
 
@@ -432,15 +443,6 @@ void code_variant(Coder& io, Model& model, const Variant& v, bool prior, int bit
                       prior && !v.prow.empty() ? v.prow.data() : nullptr);
 }
 
-// The cost of a whole stream's payload, in 1/65536 bits: plan[k] = flags of matrix k.
-uint64_t plan_cost(const std::vector<std::array<Variant, 4>>& variants, const std::vector<int>& plan, int bits) {
-    CostCounter counter;
-    Model model(kVersion);
-    for (size_t k = 0; k < plan.size(); ++k)
-        code_variant(counter, model, variants[k][plan[k] & 3], plan[k] & kPrior, bits);
-    return counter.cost();
-}
-
 // The decoder's bounded input (csrc/stream_reader.h), naming this stream in its errors.
 struct Reader : StreamReader {
     Reader(const uint8_t* p, size_t n) : StreamReader(p, n, "context-coded stream") {}
@@ -498,51 +500,60 @@ std::vector<uint8_t> ctx_encode(const std::vector<CtxMatrix>& mats, int bits, in
             if (allowed(mats[k], f)) variants[k][f] = make_variant(mats[k], f);
     }
     const auto with_prior = [&](size_t k, int f) { return mats[k].prior && !empty(k) ? f | kPrior : f; };
+    // The stream for a plan (flags per matrix): the headers, then the payload, one model running
+    // through all the matrices as the decoder's does.
+    const auto write = [&](const std::vector<int>& plan) {
+        std::vector<uint8_t> out = {kMagic[0], kMagic[1], kMagic[2], kVersion, uint8_t(bits)};
+        put_varint(out, mats.size());
+        for (size_t k = 0; k < mats.size(); ++k) {
+            put_varint(out, mats[k].rows);
+            put_varint(out, mats[k].cols);
+            out.push_back(uint8_t(plan[k]));
+        }
+        if (total == 0) return out;
+        Encoder enc(out);
+        Model model(kVersion);
+        for (size_t k = 0; k < mats.size(); ++k)
+            code_variant(enc, model, variants[k][plan[k] & 3], plan[k] & kPrior, bits);
+        enc.flush();
+        return out;
+    };
     std::vector<int> plan(mats.size(), 0);
     if (force_flags >= 0) {
         for (size_t k = 0; k < mats.size(); ++k) plan[k] = empty(k) ? 0 : with_prior(k, force_flags);
-    } else {
-        // Each matrix's best variant costed alone (a fresh model).
-        for (size_t k = 0; k < mats.size(); ++k) {
-            uint64_t best = UINT64_MAX;
-            for (int f = 0; f < 4; ++f) {
-                if (variants[k][f].flags < 0) continue;
-                CostCounter counter;
-                Model alone(kVersion);
-                code_variant(counter, alone, variants[k][f], mats[k].prior, bits);
-                if (counter.cost() < best) best = counter.cost(), plan[k] = with_prior(k, f);
-            }
-        }
-        // Against every uniform choice of transpose / permute, each costed over the whole stream:
-        // one model runs through all the matrices.
-        if (mats.size() > 1) {
-            uint64_t best = plan_cost(variants, plan, bits);
-            std::vector<int> chosen = plan;
-            for (int f = 0; f < 4; ++f) {
-                std::vector<int> uniform = plan;
-                for (size_t k = 0; k < mats.size(); ++k)
-                    if (variants[k][f].flags >= 0 && !empty(k)) uniform[k] = f | (plan[k] & kPrior);
-                if (uniform == plan) continue;
-                const uint64_t cost = plan_cost(variants, uniform, bits);
-                if (cost < best) best = cost, chosen = uniform;
-            }
-            plan = chosen;
-        }
+        return write(plan);
     }
-
-    std::vector<uint8_t> out = {kMagic[0], kMagic[1], kMagic[2], kVersion, uint8_t(bits)};
-    put_varint(out, mats.size());
+    // Each matrix's best transpose / permute variant, costed alone (a fresh model, its prior on).
     for (size_t k = 0; k < mats.size(); ++k) {
-        put_varint(out, mats[k].rows);
-        put_varint(out, mats[k].cols);
-        out.push_back(uint8_t(plan[k]));
+        uint64_t best = UINT64_MAX;
+        for (int f = 0; f < 4; ++f) {
+            if (variants[k][f].flags < 0) continue;
+            CostCounter counter;
+            Model alone(kVersion);
+            code_variant(counter, alone, variants[k][f], mats[k].prior, bits);
+            if (counter.cost() < best) best = counter.cost(), plan[k] = with_prior(k, f);
+        }
     }
-    if (total == 0) return out;
-    Encoder enc(out);
-    Model model(kVersion);
-    for (size_t k = 0; k < mats.size(); ++k) code_variant(enc, model, variants[k][plan[k] & 3], plan[k] & kPrior, bits);
-    enc.flush();
-    return out;
+    // The smallest stream of: that choice, the same without the priors, every matrix plain, and
+    // the variant most matrices chose for every matrix that allows it.
+    int votes[4] = {0, 0, 0, 0};
+    for (size_t k = 0; k < mats.size(); ++k) votes[plan[k] & 3] += !empty(k);
+    const int common = int(std::max_element(votes, votes + 4) - votes);
+    std::vector<int> no_priors = plan, plain = plan, uniform = plan;
+    for (size_t k = 0; k < mats.size(); ++k) {
+        no_priors[k] &= ~kPrior;
+        if (!empty(k)) plain[k] = with_prior(k, 0);
+        if (!empty(k) && variants[k][common].flags >= 0) uniform[k] = with_prior(k, common);
+    }
+    std::vector<std::vector<int>> plans = {plan};
+    for (const std::vector<int>& other : {no_priors, plain, uniform})
+        if (std::find(plans.begin(), plans.end(), other) == plans.end()) plans.push_back(other);
+    std::vector<uint8_t> best;
+    for (const std::vector<int>& p : plans) {
+        std::vector<uint8_t> out = write(p);
+        if (best.empty() || out.size() < best.size()) best = std::move(out);
+    }
+    return best;
 }
 
 struct CtxStream::Impl {
@@ -654,14 +665,16 @@ void CtxStream::decode(const std::vector<int8_t*>& outs, const std::vector<const
         model.code_matrix(dec, coded.data(), R, C, s.bits, prior && !tr ? prior : nullptr,
                           prior && tr ? prow.data() : nullptr);
         int8_t* out = outs[k];
-        for (uint64_t i = 0; i < R; ++i) {
-            const uint64_t r = perm.empty() ? i : perm[i];
-            const int8_t* src = &coded[i * C];
-            if (!tr)
-                std::memcpy(out + r * cols, src, C);
-            else
-                for (uint64_t c = 0; c < C; ++c) out[c * cols + r] = src[c];
+        const auto row_of = [&](uint64_t i) { return perm.empty() ? i : uint64_t(perm[i]); };
+        if (!tr) {
+            for (uint64_t i = 0; i < R; ++i) std::memcpy(out + row_of(i) * cols, &coded[i * C], C);
+            continue;
         }
+        constexpr uint64_t kTile = 32;  // transpose in tiles that stay in cache
+        for (uint64_t i0 = 0; i0 < R; i0 += kTile)
+            for (uint64_t c0 = 0; c0 < C; c0 += kTile)
+                for (uint64_t c = c0; c < std::min(c0 + kTile, C); ++c)
+                    for (uint64_t i = i0; i < std::min(i0 + kTile, R); ++i) out[c * cols + row_of(i)] = coded[i * C + c];
     }
     if (!dec.at_end()) throw stream_error("context-coded stream corrupt: payload bytes left unused");
 }

@@ -31,7 +31,8 @@
 // Column prior (version 3, flag bit 2): a class 0..15 per column of the matrix as given (not as
 // coded), which the caller supplies to the encoder and again to the decoder (pgolf's artifact
 // uses the rank class of the row scales of the matrix that feeds those columns). For a
-// transposed matrix it becomes a class per coded row, permuted with the rows.
+// transposed matrix it becomes a class per coded row, permuted with the rows. It replaces the
+// context of model 0 (below) for that matrix, in a table of its own.
 //
 // Binary arithmetic coder: 32-bit low x1 / high x2 (x1 = 0, x2 = 2^32 - 1 at the start), 12-bit
 // probability p of a 1 (1..4095): xmid = x1 + floor((x2 - x1) * p / 4096); a 1 keeps
@@ -48,16 +49,17 @@
 //   neighbours: ref = the value at the same column in the previous coded row, ref2 two rows back
 //   (0 when absent); mean = the column's running signed mean (rate 1/16, rounded);
 //   activities: ca = running mean of |v| down the column (rate 1/8), cs = the same at rate 1/32
-//   (version 3: rate 1/(n + 1) over the first n values of the column, from the matrix's start
-//   value as one pseudo-value, until the rate reaches 1/8 and 1/256);
+//   (version 3: rate 1/256, and over a column's first values, the i-th of them (i = 1, 2, ...)
+//   at rate 1/2^min(bitlen(i), 3) for ca and 1/2^min(bitlen(i), 8) for cs: near-means of the
+//   values so far, the matrix's start value counting as one);
 //   run = how many values in a row so far equal the value above them. Neighbours enter as
 //   cls(u) = clamp(u, -9, 9), mirrored (-u) once the value is known to be negative.
-//   Four adaptive-probability models indexed by (ca, cs), (cls(ref), ca / 2),
-//   (diff(ref), cls(ref2), run bucket) with diff(u) = clamp(u - k, -4, 4) (k: the unary threshold,
-//   0 for the zero and sign decisions), (cls(mean), ca), each per node, and for a matrix with a
-//   column prior a fifth, (prior class, ca); mixed in the logistic domain with a bias by a weight
-//   set chosen by (node, ca / 4), then the coder step; every model and weight updates after the
-//   bit.
+//   Adaptive-probability models, each per node, indexed by (ca, cs) (for a matrix with a column
+//   prior (prior class, ca) instead, in a table of its own), (diff(ref), cls(ref2), run bucket)
+//   with diff(u) = clamp(u - k, -4, 4) (k: the unary threshold, 0 for the zero and sign
+//   decisions), (cls(mean), ca), and in version 2 only a fourth, (cls(ref), ca / 2); mixed in the
+//   logistic domain with a bias by a weight set chosen by (node, ca / 4), then the coder step;
+//   every model and weight updates after the bit.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -74,12 +76,13 @@ struct CtxMatrix {
     const uint8_t* prior = nullptr;  // optional: a class 0..15 for each of the cols columns
 };
 
-// Encode the matrices (values in the `bits` range) as one version-3 stream; a matrix with a prior
-// is coded with it. `force_flags` < 0: the encoder picks, per matrix, plain / transposed /
-// row-permuted (greedy L1 nearest-neighbour order) / both: the smallest of the per-matrix choices
-// (each variant costed alone) and of every uniform choice, each costed over the whole stream as
-// the decoder runs it. 0..3 forces those flags on every matrix (tests). Throws
-// std::invalid_argument naming the first out-of-range value or prior class.
+// Encode the matrices (values in the `bits` range) as one version-3 stream. `force_flags` < 0:
+// the encoder picks, per matrix, plain / transposed / row-permuted (greedy L1 nearest-neighbour
+// order) / both, by coding each variant alone with a fresh model (and the matrix's prior, if it
+// has one), then keeps the smallest whole stream of: that choice, that choice without the priors,
+// every matrix plain, and the variant most matrices chose for every matrix. 0..3 forces those flags on every matrix, and the prior on every matrix
+// that has one (tests). Throws std::invalid_argument naming the first out-of-range value or
+// prior class.
 std::vector<uint8_t> ctx_encode(const std::vector<CtxMatrix>& mats, int bits, int force_flags);
 
 // A parsed and validated stream, ready to decode. Throws stream_error on any malformed input.

@@ -271,13 +271,14 @@ def ctx_encode(tensors: list[Any], bits: int, *, force_flags: int | None = None,
     tensor to tensor, so tensors of one role across layers learn from each other.
 
     ``priors`` (optional, one entry per tensor): ``None`` or a class 0..15 per column (e.g.
-    :func:`prior_classes` of the row scales of the matrix that feeds those columns), which the
-    tensor is then coded with: a fifth model keyed by the class; decoding needs the same classes
-    again. The encoder picks per tensor plain, transposed, rows reordered by greedy L1 nearest
-    neighbour (the order is coded in the stream) or both: the smallest of each tensor's best
-    variant and every uniform choice, costed over the whole stream. ``force_flags`` (0..3: bit 0
-    transposed, bit 1 reordered) forces one variant on every tensor. Values outside the ``bits``
-    range raise ``ValueError`` naming the tensor, index and value.
+    :func:`prior_classes` of the row scales of the matrix that feeds those columns); a tensor
+    coded with its prior has its first model keyed by the class, and decoding needs the same
+    classes again. The encoder picks per tensor plain, transposed, rows reordered by greedy L1
+    nearest neighbour (the order is coded in the stream) or both, each variant costed alone; then
+    keeps the smallest whole stream of that choice, the same without the priors, every tensor
+    plain, and the variant most tensors chose for all. ``force_flags`` (0..3: bit 0 transposed,
+    bit 1 reordered) forces one variant on every tensor and the priors wherever given. Values
+    outside the ``bits`` range raise ``ValueError`` naming the tensor, index and value.
     """
     bits = _check_bits(bits)
     arrs = [_int8_array(t, "tensors") for t in tensors]

@@ -41,8 +41,12 @@ def test_roundtrip_every_variant_and_width(bits, flags, with_priors):
     data = roundtrip(mats, bits, flags, priors)
     info = codec.ctx_info(data)
     assert info["version"] == 3 and info["bits"] == bits and info["shapes"] == [m.shape for m in mats]
-    prior_bits = [4 if with_priors and k % 3 and m.size else 0 for k, m in enumerate(mats)]  # a given prior is used
-    assert [f & 4 for f in info["flags"]] == prior_bits
+    given = [4 if with_priors and k % 3 and m.size else 0 for k, m in enumerate(mats)]
+    used = [f & 4 for f in info["flags"]]
+    if flags is None:  # the encoder may leave the priors out (all of them), if that codes smaller
+        assert used in (given, [0] * len(mats))
+    else:  # forced flags: every given prior is used
+        assert used == given
     if flags is not None:  # empty matrices keep flags 0
         assert [f & 3 for f in info["flags"]] == [flags if m.size else 0 for m in mats]
 
@@ -143,7 +147,7 @@ def test_a_decoded_row_order_is_always_a_permutation():
 
 def test_prior_errors():
     m = np.zeros((4, 6), np.int8)
-    data = codec.ctx_encode([m, m], 6, priors=[None, np.arange(6)])
+    data = codec.ctx_encode([m, m], 6, force_flags=0, priors=[None, np.arange(6)])
     assert codec.ctx_info(data)["flags"][1] & 4 and not codec.ctx_info(data)["flags"][0] & 4
     with pytest.raises(codec.CodecError, match="matrix 1 was coded with a column prior and none was given"):
         codec.ctx_decode(data)
@@ -186,7 +190,7 @@ def test_a_column_prior_pays_where_columns_have_few_rows():
         mats.append(np.clip(np.round(w / w.std() * 31 / 4), -31, 31).astype(np.int8))
         priors.append(codec.prior_classes(col_scale * np.exp(rng.normal(0, 0.1, 256))))  # a noisy copy
     with_prior, without = roundtrip(mats, 6, None, priors), roundtrip(mats, 6)
-    assert len(with_prior) < 0.98 * len(without), (len(with_prior), len(without))  # 9,929 vs 10,181 bytes
+    assert len(with_prior) < 0.98 * len(without), (len(with_prior), len(without))  # 9,923 vs 10,194 bytes
 
 
 def test_near_duplicate_rows_code_far_below_order0():

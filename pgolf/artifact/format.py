@@ -47,8 +47,8 @@ prior: such an entry's ``codes`` also names ``"prior": m``, a ``"q"`` entry with
 to this entry's ``cols``, and the prior is :func:`pgolf.codec.prior_classes` of ``m``'s stored
 fp16 scales (:func:`prior_source` picks ``m``: in the same block, the matrix whose outputs are this
 one's inputs, e.g. ``mlp.fc`` for ``mlp.proj``, whose columns' magnitudes follow the scales of the
-``mlp.fc`` rows that feed them). Per role the writer keeps the smaller stream, with or without
-priors. Versions 3 and 4 hold version-2 streams, without priors.
+``mlp.fc`` rows that feed them). Per stream the encoder keeps the priors only if they pay.
+Versions 3 and 4 hold version-2 streams, without priors.
 
 Side stream (version 3+): every scale and every ``"raw"`` tensor's bytes are one stream,
 ``header["side"] = {"codec": c, "offset": o, "length": n, "size": m, "shuffle": b}``: decoded
@@ -197,7 +197,7 @@ def prior_source(name: str, tensors: Mapping[str, QTensor]) -> str | None:
     the same block (the name less its last two parts: ``blocks.3.mlp`` for
     ``blocks.3.mlp.proj.weight``) with as many rows as ``name`` has columns, or None. In a
     transformer block that is the matrix whose outputs ``name`` reads (``mlp.fc`` for ``mlp.proj``;
-    ``attn.c_q`` for ``attn.proj``); the writer keeps a role's priors only where they pay."""
+    ``attn.c_q`` for ``attn.proj``); the context coder keeps a stream's priors only if they pay."""
     parts = name.rsplit(".", 2)
     if len(parts) < 3:
         return None
@@ -210,8 +210,9 @@ def _code_plan(tensors: Mapping[str, QTensor]) -> list[tuple[str, list[str], Any
     """How version 5 codes the QTensors: ``(method, names, data)`` items, method ``"ctx"`` (data:
     ``(stream, prior sources)``), ``"rans"`` (data: ``(joint, own)`` of
     :func:`pgolf.codec.rans_encode_set`). Per bit width the smaller of one rANS set of all (version
-    2's coding) and per role the smallest of a context-coded stream without priors, one with the
-    priors of :func:`prior_source` (if any) and a rANS set; every byte of each candidate counted."""
+    2's coding) and per role the smaller of a context-coded stream (offered the priors of
+    :func:`prior_source`, which the encoder keeps if they pay) and a rANS set; every byte of each
+    candidate counted."""
     widths: dict[int, list[str]] = {}
     for name, t in tensors.items():
         widths.setdefault(t.bits, []).append(name)
@@ -226,14 +227,10 @@ def _code_plan(tensors: Mapping[str, QTensor]) -> list[tuple[str, list[str], Any
             by_role.setdefault(role(n), []).append(n)
         parts, size = [], 0
         for ns in by_role.values():
-            codes = [tensors[n].codes.detach().cpu() for n in ns]
-            ctx, sources = _codec.ctx_encode(codes, bits), [None] * len(ns)
             found = [prior_source(n, tensors) for n in ns]
-            if any(found):
-                priors = [None if m is None else _codec.prior_classes(tensors[m].scale) for m in found]
-                with_priors = _codec.ctx_encode(codes, bits, priors=priors)
-                if len(with_priors) < len(ctx):
-                    ctx, sources = with_priors, found
+            priors = [None if m is None else _codec.prior_classes(tensors[m].scale) for m in found]
+            ctx = _codec.ctx_encode([tensors[n].codes.detach().cpu() for n in ns], bits, priors=priors)
+            sources = [m if f & 4 else None for m, f in zip(found, _codec.ctx_info(ctx)["flags"])]
             rs = rans_set(ns) if len(by_role) > 1 else whole
             if len(ctx) < _rans_set_size(*rs):
                 parts.append(("ctx", ns, (ctx, sources)))
