@@ -440,15 +440,19 @@ def test_v5_never_larger_than_v2(tmp_path, seed):
             assert_same(art.tensors[name], t)
 
 
+def reindexed(good, mutate):
+    """A version 3-5 file with its JSON index changed by ``mutate``, stored raw, checksum resealed."""
+    hlen, header = index_of(good)
+    mutate(header)
+    hb = b"\0" + json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    return resealed(good[:12] + struct.pack("<I", len(hb)) + hb + good[16 + hlen:])
+
+
 def test_v3_corruption_behind_a_valid_checksum_is_named(tmp_path):
     good = GOLDEN_V3.read_bytes()
-    hlen, header = index_of(good)
 
     def with_header(mutate):
-        h = json.loads(json.dumps(header))
-        mutate(h)
-        hb = b"\0" + json.dumps(h, sort_keys=True, separators=(",", ":")).encode()
-        return resealed(good[:12] + struct.pack("<I", len(hb)) + hb + good[16 + hlen:])
+        return reindexed(good, mutate)
 
     def side_size(h):
         h["side"]["size"] += 1
@@ -505,13 +509,9 @@ def test_corrupt_context_payload_is_named(tmp_path):
 
 def test_v5_side_and_prior_corruption_behind_a_valid_checksum_is_named(tmp_path):
     good = GOLDEN_V5.read_bytes()
-    hlen, header = index_of(good)
 
     def with_header(mutate):
-        h = json.loads(json.dumps(header))
-        mutate(h)
-        hb = b"\0" + json.dumps(h, sort_keys=True, separators=(",", ":")).encode()
-        return resealed(good[:12] + struct.pack("<I", len(hb)) + hb + good[16 + hlen:])
+        return reindexed(good, mutate)
 
     def entry(h, name):
         return next(e for e in h["tensors"] if e["name"] == name)
