@@ -196,9 +196,9 @@ def decode_speed(out: Path) -> list[str]:
     """The full case of :mod:`benchmarks.bench_codec_decode` (a record-sized artifact) through the
     shared harness on one CPU core: rows appended to ``<out>/codec_decode.jsonl``; Markdown lines.
     The harness times wall-clock seconds, which a shared machine inflates; each contender is then
-    run three more times and timed in CPU seconds of this process (one thread): the least of them
-    against the goal (a neighbour on a shared host only ever adds time), all three reported with
-    the load average."""
+    run three more times and timed in CPU seconds of the calling thread (the decoders run in it,
+    single-threaded): the least of them against the goal (a neighbour on a shared host only ever
+    adds time), all three reported with the load average."""
     from benchmarks import bench_codec_decode
     from benchmarks.harness import OK, Timing, as_dicts, run_benchmark, write_results
     torch.set_num_threads(1)
@@ -213,14 +213,14 @@ def decode_speed(out: Path) -> list[str]:
     lines = ["", f"Decode of the record-sized synthetic set ({values:,} values, artifact {inputs.artifact_bytes:,} "
              "bytes) on one CPU core (`benchmarks/bench_codec_decode.py` through the shared harness, median of 3 "
              "after a warm-up, wall-clock; rows in `codec_decode.jsonl`), then three more calls timed in CPU "
-             "seconds of this process (the least against the goal):", ""]
+             "seconds of the calling thread (the least against the goal):", ""]
     for r, contender in zip(rows, bench.contenders):
         load = os.getloadavg()[0]
         cpu = []
         for _ in range(3):
-            t0 = time.process_time()
+            t0 = time.thread_time()
             contender.fn(inputs)
-            cpu.append(time.process_time() - t0)
+            cpu.append(time.thread_time() - t0)
         wall = (f"{r.time_ms / 1e3:.2f} s wall (p20-p80 {r.p20_ms / 1e3:.2f}-{r.p80_ms / 1e3:.2f})"
                 if r.status == OK else f"{r.status} {r.message}")
         lines.append(f"- {contender.name}: {wall}; {min(cpu):.2f} CPU s (calls: "
