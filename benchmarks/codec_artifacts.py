@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
         lines += ["Bytes of each contender on identical codes (policy: int7 tok_emb, int6 otherwise, 12.85-sigma "
                   "clip, float tensors <= 4096 values kept float32). Floors: codes only, no tables or side information "
                   f"(floor/col-class: entropy given each column's RMS class, see column_class_bits). Goal: {cur} smaller "
-                  "than every other contender, and at least 2.00 % below pergroup-lrzip on the trained models.", "",
+                  "than every other contender, and on the trained models (the checkpoints) at least 2.00 % below "
+                  "pergroup-lrzip.", "",
                   f"| case | values | {cur} | pgolf-v2 | bytes+brotli-11 | shuffle+brotli-11 | pergroup-lrzip | "
                   f"floor/tensor | floor/row-group | floor/col-class | v{VERSION} / best other | v{VERSION} / lrzip | "
                   f"v{VERSION} encode s | goal |",
@@ -265,8 +266,9 @@ def main(argv: list[str] | None = None) -> None:
             fmt = lambda v: "unavailable" if v is None else f"{v:,}"  # noqa: E731
             lrz = r["pergroup-lrzip"]
             vs_lrzip = "unavailable" if lrz is None else f"{r[cur] / lrz - 1:+.2%}"
+            trained = not name.startswith("synthetic-")
             goal = "n/a (no lrzip)" if lrz is None else (
-                "PASS" if r[cur] < min(others) and r[cur] <= 0.98 * lrz else "FAIL")
+                "PASS" if r[cur] < min(others) and (r[cur] <= 0.98 * lrz or not trained) else "FAIL")
             row = (f"| {name} | {n:,} | {fmt(r[cur])} | {fmt(r['pgolf-v2'])} | {fmt(r['bytes+brotli-11'])} | "
                    f"{fmt(r['shuffle+brotli-11'])} | {fmt(lrz)} | {fmt(r['floor/tensor (codes only)'])} | "
                    f"{fmt(r['floor/row-group (codes only)'])} | {fmt(r['floor/col-class (codes only)'])} | "
