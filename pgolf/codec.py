@@ -301,11 +301,7 @@ def ctx_decode(data: bytes | bytearray | memoryview, *, max_values: int | None =
     trailing-garbage input.
     """
     limit = DEFAULT_MAX_VALUES if max_values is None else int(max_values)
-    ext = _ext()
-    try:
-        count = len(ext.ctx_info(data)["shapes"]) if priors is not None else 0
-    except ext.StreamError as e:
-        raise CodecError(str(e)) from None
+    count = len(ctx_info(data)["shapes"]) if priors is not None else 0
     return _decoding(lambda e: e.ctx_decode, data, limit, _priors(priors, count))
 
 
