@@ -25,3 +25,17 @@ def tiny_values(data: Path, run_dir: Path, *, train_glob: str = "train_*.bin", v
 def tiny_sets(data: Path, run_dir: Path, **kwargs) -> list[str]:
     """:func:`tiny_values` as ``KEY=VALUE`` strings for ``load_config(sets=...)``."""
     return [f"{k}={v}" for k, v in tiny_values(data, run_dir, **kwargs).items()]
+
+
+def train_steps(model, opts, batches) -> list[float]:
+    """One optimiser step of ``model`` (``opts``: pgolf's optimiser set) per ``(x, y)`` batch; the
+    losses, in order."""
+    losses = []
+    for step, (x, y) in enumerate(batches):
+        opts.zero_grad()
+        loss = model(x, y)
+        loss.backward()
+        opts.schedule(step, 0.0)
+        opts.step()
+        losses.append(loss.item())
+    return losses

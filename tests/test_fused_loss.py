@@ -11,6 +11,7 @@ from pgolf.optim.optimizers import Optimizers
 from pgolf.pipeline import run_training
 from pgolf.submit.script import plan_bundle
 from triton_kernels.softcap_ce import ops as ce_ops
+from _tiny import train_steps
 
 TINY = dict(vocab_size=200, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1)
 RECORD_TINY_SHAPE = ["model.vocab_size=200", "model.num_layers=4", "model.model_dim=32", "model.num_heads=2",
@@ -107,15 +108,7 @@ def test_training_steps_with_the_fused_loss_match_the_torch_loss(kernel_launches
         model = randomised(cfg.model)
         start = torch.cat([p.detach().flatten() for p in model.parameters()])
         opts = Optimizers(model, cfg.optim, cfg.train)
-        losses[impl] = []
-        for step in range(4):
-            x, y = batch(TINY["vocab_size"], seed=step)
-            opts.zero_grad()
-            loss = model(x, y)
-            loss.backward()
-            opts.schedule(step, 0.0)
-            opts.step()
-            losses[impl].append(loss.item())
+        losses[impl] = train_steps(model, opts, (batch(TINY["vocab_size"], seed=step) for step in range(4)))
         weights[impl] = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert kernel_launches == {"fwd": 4, "bwd": 4}
     assert losses["fused"] == pytest.approx(losses["torch"], rel=LOSS_RTOL)

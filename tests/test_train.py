@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from _tiny import tiny_sets as shared_tiny_sets
+from _tiny import train_steps
 from pgolf.train.checkpoint import load_checkpoint
 from pgolf.cli import main as cli_main
 from pgolf.config import load_config
@@ -277,15 +278,9 @@ def test_triton_kernels_and_torch_references_train_alike(tiny_data):
         set_qat_state(model, active=True)
         opts = Optimizers(model, cfg.optim, cfg.train)
         loader = TokenLoader(cfg.data.train_glob)
-        losses[kernels] = []
-        for step in range(3):
-            x, y = loader.next_batch(step, global_tokens=256, seq_len=32, grad_accum_steps=1, micro_step=0)
-            opts.zero_grad()
-            loss = model(x, y)
-            loss.backward()
-            opts.schedule(step, 0.0)
-            opts.step()
-            losses[kernels].append(loss.item())
+        losses[kernels] = train_steps(model, opts, (
+            loader.next_batch(step, global_tokens=256, seq_len=32, grad_accum_steps=1, micro_step=0)
+            for step in range(3)))
     assert losses["triton"] == pytest.approx(losses["torch"], rel=1e-4)
     assert losses["torch"][2] < losses["torch"][0]
 
