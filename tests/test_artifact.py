@@ -187,6 +187,8 @@ def test_joint_payload_of_many_small_tensors_is_smaller_and_exact(tmp_path):
     codecs = {e["name"]: e["codes"]["codec"] for e in header["tensors"]}
     assert codecs["odd"] == "rans" and codecs["w5bits"] == "rans" and {codecs[f"w{i}"] for i in range(8)} == {"joint"}
     assert len(header["joint"]) == 1 and sum(info.tensor_bytes.values()) == header["payload_bytes"]
+    assert info.code_bytes["odd"] == header["tensors"][list(tensors).index("odd")]["codes"]["length"]
+    assert sum(info.code_bytes[f"w{i}"] for i in range(8)) == header["joint"][0]["length"]
     separate = sum(len(codec.rans_encode(t.codes, 6, scales=t.scale)) for n, t in tensors.items() if n.startswith("w") and n != "w5bits")
     assert header["joint"][0]["length"] < separate
     art = load_artifact(tmp_path / "m.pgolf", expected={k: tuple(v.shape) for k, v in tensors.items()})
@@ -213,6 +215,8 @@ def test_round_trip_every_codec_and_dtype(tmp_path, codec, version):
                          version=version)
     assert info.total_bytes == os.path.getsize(path)
     assert set(info.tensor_bytes) == set(tensors) and sum(info.tensor_bytes.values()) < info.total_bytes
+    qs = {n for n, t in tensors.items() if isinstance(t, QTensor)}
+    assert set(info.code_bytes) == qs and all(info.code_bytes[n] <= info.tensor_bytes[n] for n in qs)
     assert os.listdir(tmp_path) == ["model.pgolf"]  # no temporary file left behind
     art = load_artifact(path, expected={k: tuple(v.shape) for k, v in tensors.items()})
     for name, t in tensors.items():
@@ -413,6 +417,12 @@ def test_v5_context_codes_a_role_across_layers(tmp_path):
     assert refs["blocks.0.mlp.fc.weight"]["codec"] == "ctx"
     assert v5.total_bytes < 0.7 * v2.total_bytes
     assert sum(v5.tensor_bytes.values()) == header["payload_bytes"]
+    # the codes' shares add up to the code streams exactly; the rest of the payloads is the side stream
+    streams = sum(s["length"] for s in header["ctx"] + header["joint"])
+    own = sum(e["codes"]["length"] for e in header["tensors"] if "length" in e["codes"])
+    assert sum(v5.code_bytes.values()) == streams + own == header["payload_bytes"] - header["side"]["length"]
+    fc = [f"blocks.{i}.mlp.fc.weight" for i in range(4)]
+    assert sum(v5.code_bytes[n] for n in fc) == header["ctx"][refs[fc[0]]["ctx"]]["length"]
     art = load_artifact(tmp_path / "v5.pgolf", expected={k: tuple(v.shape) for k, v in tensors.items()})
     for name, t in tensors.items():
         assert_same(art.tensors[name], t)

@@ -1,13 +1,19 @@
 """The codec benchmarks' own logic: the column-class floor of benchmarks/codec_artifacts.py, its
 synthetic sets, and the check of benchmarks/bench_codec_decode.py (the harness smoke test in
 test_bench_harness.py runs that module's tiny case end to end)."""
+import json
+import lzma
+import math
+import struct
+
 import numpy as np
 import pytest
 import torch
 
 from benchmarks import bench_codec_decode
-from benchmarks.codec_artifacts import column_class_bits, synthetic_entries
+from benchmarks.codec_artifacts import at_block_floor, column_class_bits, synthetic_entries
 from benchmarks.codec_sizes import entropy_bits
+from pgolf.artifact.format import save_artifact
 from pgolf.quant.qtensor import QTensor
 
 
@@ -35,6 +41,24 @@ def test_column_class_floor_pools_a_role_across_layers():
     pooled = column_class_bits({"blocks.0.attn.c_q.weight": qtensor(a), "blocks.1.attn.c_q.weight": qtensor(b)})
     apart = column_class_bits({"blocks.0.attn.c_q.weight": qtensor(a), "blocks.1.attn.c_k.weight": qtensor(b)})
     assert pooled > apart  # pooled histograms cannot fit each matrix's sample as closely
+
+
+def test_reach_replaces_the_block_matrices_codes_and_nothing_else(tmp_path):
+    entries = synthetic_entries("tiny")
+    info = save_artifact(tmp_path / "a.pgolf", config={}, tensors=entries)
+    data = (tmp_path / "a.pgolf").read_bytes()
+    hlen = struct.unpack_from("<I", data, 12)[0]
+    assert data[16] == 3  # the index through raw LZMA2
+    header = json.loads(lzma.decompress(data[17:16 + hlen], format=lzma.FORMAT_RAW,
+                                        filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 22}]))
+    (emb,) = [e["codes"] for e in header["tensors"] if e["name"] == "tok_emb.weight"]
+    # the int7 embedding is alone in its stream: the rest of the codes are the block matrices'
+    emb_bytes = header[emb["codec"]][emb[emb["codec"]]]["length"] if emb["codec"] in ("ctx", "joint") else emb["length"]
+    block_codes = header["payload_bytes"] - header["side"]["length"] - emb_bytes
+    blocks = {n: t for n, t in entries.items() if isinstance(t, QTensor) and n != "tok_emb.weight"}
+    floor = math.ceil(column_class_bits(blocks, classes=64) / 8)
+    assert at_block_floor(entries, info) == info.total_bytes - block_codes + floor
+    assert floor < block_codes  # iid codes: no coder reaches the free-tables floor
 
 
 def test_synthetic_sets():
