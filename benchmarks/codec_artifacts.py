@@ -264,9 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     if cases:
         lines += ["Bytes of each contender on identical codes (policy: int7 tok_emb, int6 otherwise, 12.85-sigma "
                   "clip, float tensors <= 4096 values kept float32). Floors: codes only, no tables or side information "
-                  f"(floor/col-class: entropy given each column's RMS class, see column_class_bits). The reach column: "
+                  "(floor/col-class: entropy given each column's RMS class, see column_class_bits). The reach column: "
                   f"{cur} with the codes of every matrix but the embedding at their col-class floor (64 classes, maps and "
-                  "tables free), against pergroup-lrzip. Goal: {cur} smaller "
+                  f"tables free), against pergroup-lrzip. Goal: {cur} smaller "
                   "than every other contender, and on the trained models (the checkpoints) at least 2.00 % below "
                   "pergroup-lrzip.", "",
                   f"| case | values | {cur} | pgolf-v2 | bytes+brotli-11 | shuffle+brotli-11 | pergroup-lrzip | "
