@@ -1,6 +1,6 @@
-"""The codec benchmarks' own logic: the column-class floor of benchmarks/codec_artifacts.py, its
-synthetic sets, and the check of benchmarks/bench_codec_decode.py (the harness smoke test in
-test_bench_harness.py runs that module's tiny case end to end)."""
+"""The codec benchmarks' own logic: the column-class floor and the reach of
+benchmarks/codec_artifacts.py, its synthetic sets, and the check of benchmarks/bench_codec_decode.py
+(the harness smoke test in test_bench_harness.py runs that module's tiny case end to end)."""
 import json
 import lzma
 import math
@@ -11,7 +11,11 @@ import pytest
 import torch
 
 from benchmarks import bench_codec_decode
-from benchmarks.codec_artifacts import at_block_floor, column_class_bits, synthetic_entries
+from benchmarks.codec_artifacts import (
+    at_block_floor,
+    column_class_bits,
+    synthetic_entries,
+)
 from benchmarks.codec_sizes import entropy_bits
 from pgolf.artifact.format import save_artifact
 from pgolf.quant.qtensor import QTensor
