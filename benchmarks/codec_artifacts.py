@@ -22,8 +22,9 @@ only, no tables), and given each column's RMS class (:func:`column_class_bits`).
 ``v5 at block floor / lrzip``, is pgolf-v5 with its block matrices' codes (every matrix but the
 embedding) replaced by their col-class floor at 64 classes, class maps and tables free: what a
 coder that models per-column variance perfectly would store. Where it is above -2 %, the goal needs
-structure in the block matrices beyond their columns' variance. ``--speed`` also times the decode of a record-sized artifact on one CPU core
-(:mod:`benchmarks.bench_codec_decode` through the shared harness).
+structure in the block matrices beyond their columns' variance. ``--speed`` also times the decode
+of a record-sized artifact on one CPU core (:mod:`benchmarks.bench_codec_decode` through the
+shared harness).
 """
 from __future__ import annotations
 
