@@ -7,6 +7,7 @@ The clean interpreter runs torch with this process's thread count: CPU reduction
 split their work by thread, so another count gives weights that differ in the last bits (the
 scores printed with 8 decimals usually still agree, the artifact bytes do not)."""
 import ast
+import base64
 import importlib.metadata as md
 import json
 import lzma
@@ -32,12 +33,12 @@ from pgolf.config import ConfigError, load_config
 from pgolf.data.shards import write_shard
 from pgolf.pipeline import run_training
 from pgolf.submit import folder
-from pgolf.submit.folder import SubmitError, build_submission
+from pgolf.submit.folder import SubmitError, build_submission, make_script
 from pgolf.submit.loader import SourceImporter
 from pgolf.submit.native import NativeBuildError, build_codec, compiler
 from pgolf.submit.runtime import resolve
 from pgolf.submit.script import BundleError, plan_bundle
-from pgolf.submit.wrapper import minify, wrap
+from pgolf.submit.wrapper import minify, minify_cpp, wrap
 
 REPO = Path(__file__).resolve().parents[1]
 # The challenge's requirements.txt entries a bundled script imports (the others: hub, datasets, ...).
@@ -419,6 +420,25 @@ def test_wrapper_is_two_lines_that_run_the_minified_source():
     namespace: dict = {}
     exec(wrap(small), namespace)
     assert namespace["RESULT"] == 42 and wrap(small).count("\n") == 2
+
+
+def test_carried_cpp_loses_comments_and_layout_but_not_literals_or_directives():
+    source = ('// header comment\n#include <cstdio>  // why\n\n/* block\n   comment */\nint main() {\n'
+              '    const char* s = "a // b /* c */";  /* inline */ char c = \'/\';\n'
+              '    return s[0] == c;  // done\n}\n')
+    assert minify_cpp(source) == ('#include <cstdio>\nint main() {\nconst char* s = "a // b /* c */";    char c = \'/\';\n'
+                                  'return s[0] == c;\n}\n')
+
+
+def test_a_wrapped_rans_bundle_carries_its_cpp_minified(data, tmp_path):
+    cfg = load_config("demo", sets=tiny_sets(data, tmp_path, **{"quant.codec": "rans"}))
+    shipped, _ = make_script(cfg, wrapper=True)
+    inner = ast.parse(lzma.decompress(base64.b85decode(shipped.split('"')[1])).decode())
+    (native,) = [ast.literal_eval(n.value) for n in inner.body
+                 if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "NATIVE"]
+    carried = plan_bundle(cfg).native  # the readable script's: the files verbatim
+    assert set(native) == set(carried) and all(native[n] == minify_cpp(carried[n]) for n in carried)
+    assert sum(map(len, native.values())) < 0.8 * sum(map(len, carried.values()))
 
 
 def test_bad_input_is_refused_and_leaves_nothing_behind(run, data, tmp_path, capsys, monkeypatch):

@@ -20,7 +20,7 @@ from pgolf.artifact.export import SIZE_CAP_BYTES
 from pgolf.config import ConfigError, RunConfig
 from pgolf.submit.features import needs_native
 from pgolf.submit.script import BundleError, plan_bundle, render
-from pgolf.submit.wrapper import minify, wrap
+from pgolf.submit.wrapper import minify, minify_cpp, wrap
 
 RUN_FILES = ("config.json", "train.log", "model.pgolf", "submission.json")
 
@@ -89,7 +89,9 @@ def make_script(cfg: RunConfig, *, wrapper: bool) -> tuple[str, str]:
     readable = render(bundle, config, title=title)
     if not wrapper:
         return readable, readable
-    small = dataclasses.replace(bundle, sources={name: (pkg, minify(src)) for name, (pkg, src) in bundle.sources.items()})
+    small = dataclasses.replace(bundle,
+                                sources={name: (pkg, minify(src)) for name, (pkg, src) in bundle.sources.items()},
+                                native={name: minify_cpp(src) for name, src in bundle.native.items()})
     return wrap(minify(render(small, config, title=title))), readable
 
 
@@ -97,8 +99,9 @@ def _readme(cfg: RunConfig, report: dict[str, Any], sub: Submission, *, wrapper:
     m, t, q = cfg.model, cfg.train, cfg.quant
     compiler = ("a C++17 compiler (at start it compiles pgolf's codec from the C++ source it carries, "
                 "into build/ beside it; CXX names the compiler)" if needs_native(cfg) else "no compiler")
-    counting = ("the two-line compressed wrapper (python-minifier, LZMA, base85) that is shipped as train_gpt.py; "
-                f"the readable bundle it expands to is {sub.bytes_readable:,} bytes" if wrapper
+    cpp = "; the C++ it carries without comments or layout" if needs_native(cfg) else ""
+    counting = (f"the two-line compressed wrapper (python-minifier, LZMA, base85{cpp}) that is shipped as "
+                f"train_gpt.py; the readable bundle it expands to is {sub.bytes_readable:,} bytes" if wrapper
                 else "train_gpt.py as shipped")
     return f"""# {cfg.name}
 

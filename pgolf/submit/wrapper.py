@@ -10,7 +10,8 @@ self-extracting wrapper::
 
 The counted code bytes are the wrapper's exact length. A bundle's module sources are minified
 one by one before they are embedded (the minifier leaves string literals alone), then the whole
-script once more.
+script once more. The C++ codec source a bundle carries loses its comments, indentation and blank
+lines (:func:`minify_cpp`) before it is embedded.
 """
 from __future__ import annotations
 
@@ -37,6 +38,27 @@ def minify(source: str) -> str:
     return python_minifier.minify(source, remove_literal_statements=True, remove_annotations=False,
                                   hoist_literals=False, rename_globals=False, remove_asserts=False,
                                   rename_locals=not compiles_kernels(source))
+
+
+def minify_cpp(source: str) -> str:
+    """C++ ``source`` without comments, blank lines and the white space that starts or ends a line.
+    Comments are found by pygments' C++ lexer, so ``//`` or ``/*`` inside a string or character
+    literal stays; a line comment leaves its line end, a block comment a space; preprocessor lines
+    stay whole. (C++ needs no indentation; the carried sources have no raw string literals.)"""
+    try:
+        from pygments.lexers import CppLexer
+        from pygments.token import Comment
+    except ImportError:
+        raise RuntimeError("the compressed wrapper of a run with a C++ codec needs pygments: "
+                           "pip install pygments") from None
+    parts = []
+    for kind, text in CppLexer(stripnl=False).get_tokens(source):
+        if kind in Comment and kind not in Comment.Preproc and kind not in Comment.PreprocFile:
+            parts.append("\n" if text.endswith("\n") else " ")
+        else:
+            parts.append(text)
+    lines = (line.strip() for line in "".join(parts).splitlines())
+    return "".join(line + "\n" for line in lines if line)
 
 
 def wrap(source: str) -> str:
