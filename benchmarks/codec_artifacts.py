@@ -43,7 +43,8 @@ import torch
 
 from benchmarks.codec_sizes import RESULTS, entropy_bits, machine, weights
 from pgolf import codec
-from pgolf.artifact.format import VERSION, ArtifactInfo, role, save_artifact
+from pgolf.artifact.format import VERSION, role, save_artifact
+from pgolf.artifact.index import codes_payload_bytes, read_index
 from pgolf.config import ModelConfig, QuantConfig
 from pgolf.model.gpt import GPT
 from pgolf.model.roles import EMBED, MATRIX, parameter_roles
@@ -135,7 +136,7 @@ def contenders(entries: dict, tmp: Path) -> dict[str, int | None]:
         out[f"pgolf-v{v} encode s"] = time.perf_counter() - t
         out[f"pgolf-v{v}"] = info.total_bytes
         if v == VERSION:
-            out[f"pgolf-v{v} at block floor"] = at_block_floor(entries, info)
+            out[f"pgolf-v{v} at block floor"] = at_block_floor(entries, info.path)
     out["bytes+brotli-11"] = len(brotli11(raw))
     out["shuffle+brotli-11"] = len(brotli11(shuffled))
     out["pergroup-lrzip"] = pergroup(entries)
@@ -150,13 +151,15 @@ def contenders(entries: dict, tmp: Path) -> dict[str, int | None]:
     return out
 
 
-def at_block_floor(entries: dict, info: ArtifactInfo) -> int:
-    """The bytes of the artifact ``info`` describes with the codes of its block matrices (every
-    QTensor but the embedding) replaced by their col-class floor at 64 classes (class maps and
-    tables free): what it would take with perfect per-column variance modelling of those matrices."""
+def at_block_floor(entries: dict, path: Path) -> int:
+    """The bytes of the artifact at ``path`` (holding ``entries``) with the codes of its block
+    matrices (every QTensor but the embedding) replaced by their col-class floor at 64 classes
+    (class maps and tables free): what it would take with perfect per-column variance modelling
+    of those matrices."""
     blocks = {n: t for n, t in entries.items() if isinstance(t, QTensor) and not n.startswith("tok_emb")}
     floor = math.ceil(column_class_bits(blocks, classes=64) / 8)
-    return info.total_bytes - sum(info.code_bytes[n] for n in blocks) + floor
+    codes = codes_payload_bytes(read_index(path))
+    return os.path.getsize(path) - sum(codes[n] for n in blocks) + floor
 
 
 def column_class_bits(entries: dict, classes: int = 16) -> float:

@@ -15,6 +15,7 @@ import torch
 
 from pgolf import codec
 from pgolf.artifact.format import MAGIC, ArtifactError, load_artifact, save_artifact
+from pgolf.artifact.index import codes_payload_bytes, read_index
 from pgolf.quant.qtensor import QTensor
 
 GOLDEN = Path(__file__).parent / "golden" / "artifact_v2.pgolf"
@@ -187,8 +188,9 @@ def test_joint_payload_of_many_small_tensors_is_smaller_and_exact(tmp_path):
     codecs = {e["name"]: e["codes"]["codec"] for e in header["tensors"]}
     assert codecs["odd"] == "rans" and codecs["w5bits"] == "rans" and {codecs[f"w{i}"] for i in range(8)} == {"joint"}
     assert len(header["joint"]) == 1 and sum(info.tensor_bytes.values()) == header["payload_bytes"]
-    assert info.code_bytes["odd"] == header["tensors"][list(tensors).index("odd")]["codes"]["length"]
-    assert sum(info.code_bytes[f"w{i}"] for i in range(8)) == header["joint"][0]["length"]
+    codes = codes_payload_bytes(read_index(tmp_path / "m.pgolf"))
+    assert codes["odd"] == header["tensors"][list(tensors).index("odd")]["codes"]["length"]
+    assert sum(codes[f"w{i}"] for i in range(8)) == header["joint"][0]["length"]
     separate = sum(len(codec.rans_encode(t.codes, 6, scales=t.scale)) for n, t in tensors.items() if n.startswith("w") and n != "w5bits")
     assert header["joint"][0]["length"] < separate
     art = load_artifact(tmp_path / "m.pgolf", expected={k: tuple(v.shape) for k, v in tensors.items()})
@@ -216,7 +218,8 @@ def test_round_trip_every_codec_and_dtype(tmp_path, codec, version):
     assert info.total_bytes == os.path.getsize(path)
     assert set(info.tensor_bytes) == set(tensors) and sum(info.tensor_bytes.values()) < info.total_bytes
     qs = {n for n, t in tensors.items() if isinstance(t, QTensor)}
-    assert set(info.code_bytes) == qs and all(info.code_bytes[n] <= info.tensor_bytes[n] for n in qs)
+    codes = codes_payload_bytes(read_index(path))
+    assert set(codes) == qs and all(codes[n] <= info.tensor_bytes[n] for n in qs)
     assert os.listdir(tmp_path) == ["model.pgolf"]  # no temporary file left behind
     art = load_artifact(path, expected={k: tuple(v.shape) for k, v in tensors.items()})
     for name, t in tensors.items():
@@ -377,6 +380,18 @@ def test_v5_layout_index_side_stream_and_checksum():
     assert [k for k, _ in side["groups"]] == [2, 4, 8]  # fp16 scales and bf16, float32, int64
 
 
+def test_read_index_of_every_version_and_of_what_is_not_an_artifact(tmp_path):
+    assert [e["name"] for e in read_index(GOLDEN)["tensors"]] == list(golden_inputs(version=2)[1])  # raw JSON header
+    for golden in (GOLDEN_V3_ZSTD, GOLDEN_V5):  # a zstd and a raw LZMA2 header
+        assert read_index(golden) == index_of(golden.read_bytes())[1]
+    (tmp_path / "x").write_bytes(b"hello")
+    with pytest.raises(ArtifactError, match="not a pgolf artifact"):
+        read_index(tmp_path / "x")
+    (tmp_path / "t").write_bytes(GOLDEN_V5.read_bytes()[:20])
+    with pytest.raises(ArtifactError, match="truncated"):
+        read_index(tmp_path / "t")
+
+
 def test_v5_side_stream_groups_are_byte_planes():
     """Decoded with lzma itself: regions of one item size are consecutive; a shuffled group is
     stored plane by plane as a whole; an entry's offset counts in the unshuffled stream."""
@@ -420,9 +435,11 @@ def test_v5_context_codes_a_role_across_layers(tmp_path):
     # the codes' shares add up to the code streams exactly; the rest of the payloads is the side stream
     streams = sum(s["length"] for s in header["ctx"] + header["joint"])
     own = sum(e["codes"]["length"] for e in header["tensors"] if "length" in e["codes"])
-    assert sum(v5.code_bytes.values()) == streams + own == header["payload_bytes"] - header["side"]["length"]
+    codes = codes_payload_bytes(read_index(tmp_path / "v5.pgolf"))
+    assert read_index(tmp_path / "v5.pgolf") == header
+    assert sum(codes.values()) == streams + own == header["payload_bytes"] - header["side"]["length"]
     fc = [f"blocks.{i}.mlp.fc.weight" for i in range(4)]
-    assert sum(v5.code_bytes[n] for n in fc) == header["ctx"][refs[fc[0]]["ctx"]]["length"]
+    assert sum(codes[n] for n in fc) == header["ctx"][refs[fc[0]]["ctx"]]["length"]
     art = load_artifact(tmp_path / "v5.pgolf", expected={k: tuple(v.shape) for k, v in tensors.items()})
     for name, t in tensors.items():
         assert_same(art.tensors[name], t)

@@ -61,7 +61,7 @@ def test_reach_replaces_the_block_matrices_codes_and_nothing_else(tmp_path):
     block_codes = header["payload_bytes"] - header["side"]["length"] - emb_bytes
     blocks = {n: t for n, t in entries.items() if isinstance(t, QTensor) and n != "tok_emb.weight"}
     floor = math.ceil(column_class_bits(blocks, classes=64) / 8)
-    assert at_block_floor(entries, info) == info.total_bytes - block_codes + floor
+    assert at_block_floor(entries, info.path) == info.total_bytes - block_codes + floor
     assert floor < block_codes  # iid codes: no coder reaches the free-tables floor
 
 

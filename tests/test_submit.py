@@ -262,10 +262,11 @@ def test_an_optional_feature_is_bundled_only_when_the_config_uses_it(data, tmp_p
         assert "Left out of this submission" not in used.sources[name][1], name
 
 
-def test_a_rans_bundle_carries_the_codec_source(data, tmp_path):
-    native = plan_bundle(load_config("demo", sets=tiny_sets(data, tmp_path, **{"quant.codec": "rans"}))).native
+def test_a_rans_bundle_carries_the_codec_source_and_not_the_reporting_tools(data, tmp_path):
+    bundle = plan_bundle(load_config("demo", sets=tiny_sets(data, tmp_path, **{"quant.codec": "rans"})))
     csrc = sorted(p.name for p in (REPO / "csrc").iterdir() if p.suffix in (".cpp", ".h"))
-    assert sorted(native) == csrc and native["rans.cpp"] == (REPO / "csrc" / "rans.cpp").read_text()
+    assert sorted(bundle.native) == csrc and bundle.native["rans.cpp"] == (REPO / "csrc" / "rans.cpp").read_text()
+    assert "pgolf.artifact.format" in bundle.sources and "pgolf.artifact.index" not in bundle.sources
 
 
 def test_a_triton_kernel_is_left_out_only_when_its_own_setting_is_torch(data, tmp_path):

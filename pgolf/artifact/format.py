@@ -117,15 +117,12 @@ class ArtifactError(ValueError):
 class ArtifactInfo:
     """What :func:`save_artifact` wrote: ``total_bytes`` equals ``os.path.getsize(path)``;
     ``tensor_bytes`` maps each name to the bytes of its payloads (codes + scales for ``"q"``;
-    a joint payload is shared out among its tensors in proportion to their values, and so is the
-    side stream, in proportion to their raw bytes); ``code_bytes`` maps each QTensor's name to
-    the codes' part of it alone."""
+    a joint payload is shared out among its tensors in proportion to their values)."""
 
     path: Path
     total_bytes: int
     header_bytes: int
     tensor_bytes: dict[str, int]
-    code_bytes: dict[str, int]
 
 
 @dataclass
@@ -255,12 +252,10 @@ def _share(total: int, weights: list[int]) -> list[int]:
     return out
 
 
-def _layout_v2(tensors: Mapping[str, QTensor | torch.Tensor], codec: str,
-               out: _Payloads) -> tuple[dict, dict[str, int], dict[str, int]]:
-    """Version 2's index fields and payloads: per-tensor scales and raw tensors, one rANS set per
-    bit width; per-tensor byte shares, and the codes' part of them."""
+def _layout_v2(tensors: Mapping[str, QTensor | torch.Tensor], codec: str, out: _Payloads) -> tuple[dict, dict[str, int]]:
+    """Version 2's index fields and payloads: per-tensor scales and raw tensors, one rANS set per bit width."""
     side = "zstd" if codec == "rans" else codec  # how scales and raw tensors are compressed
-    entries, sizes, code_sizes, codes_refs = [], {}, {}, {}
+    entries, sizes, codes_refs = [], {}, {}
 
     def payload(data: bytes, how: str) -> dict:
         name, blob = ("rans", data) if how == "rans" else _compress(data, how)
@@ -291,7 +286,6 @@ def _layout_v2(tensors: Mapping[str, QTensor | torch.Tensor], codec: str,
             else:
                 blob = ref if codec == "rans" else t.codes.detach().cpu().contiguous().numpy().tobytes()
                 codes_ref = payload(blob, codec)
-            code_sizes[name] = out.offset - start
             entry = {"name": name, "kind": "q", "shape": list(t.shape), "dtype": _dtype_name(t.dtype),
                      "bits": t.bits, "rows": rows, "cols": cols,
                      "codes": codes_ref, "scale": payload(_tensor_bytes(t.scale), side)}
@@ -300,7 +294,7 @@ def _layout_v2(tensors: Mapping[str, QTensor | torch.Tensor], codec: str,
                      "data": payload(_tensor_bytes(t), side)}
         entries.append(entry)
         sizes[name] = out.offset - start
-    return {"joint": joints if codec == "rans" else [], "tensors": entries}, sizes, code_sizes
+    return {"joint": joints if codec == "rans" else [], "tensors": entries}, sizes
 
 
 def _side_stream(regions: list[tuple[bytes, int]], codec: str) -> tuple[dict, bytes]:
@@ -323,10 +317,8 @@ def _side_stream(regions: list[tuple[bytes, int]], codec: str) -> tuple[dict, by
     return best
 
 
-def _layout_v5(tensors: Mapping[str, QTensor | torch.Tensor], codec: str,
-               out: _Payloads) -> tuple[dict, dict[str, int], dict[str, int]]:
-    """Version 5's index fields and payloads (see the module docstring); per-tensor byte shares,
-    and the codes' part of them."""
+def _layout_v5(tensors: Mapping[str, QTensor | torch.Tensor], codec: str, out: _Payloads) -> tuple[dict, dict[str, int]]:
+    """Version 5's index fields and payloads (see the module docstring); per-tensor byte shares."""
     qs = {n: t for n, t in tensors.items() if isinstance(t, QTensor)}
     codes_refs: dict[str, tuple[dict, int]] = {}  # name -> (codes reference, its share of payload bytes)
     joints, ctxs = [], []
@@ -374,8 +366,7 @@ def _layout_v5(tensors: Mapping[str, QTensor | torch.Tensor], codec: str,
     sizes = {n: codes_refs[n][1] if n in codes_refs else 0 for n in tensors}
     for n, share in zip(tensors, side_shares):
         sizes[n] += share
-    return ({"ctx": ctxs, "joint": joints, "side": side, "tensors": entries}, sizes,
-            {n: share for n, (_, share) in codes_refs.items()})
+    return {"ctx": ctxs, "joint": joints, "side": side, "tensors": entries}, sizes
 
 
 def _header_blob(header: bytes, codec: str) -> bytes:
@@ -425,7 +416,7 @@ def save_artifact(path: str | os.PathLike, *, config: dict, tensors: Mapping[str
         else:
             raise TypeError(f"tensor {name!r} must be a QTensor or torch.Tensor, got {type(t).__name__}")
     out = _Payloads()
-    fields, sizes, code_sizes = (_layout_v5 if version >= 3 else _layout_v2)(tensors, codec, out)
+    fields, sizes = (_layout_v5 if version >= 3 else _layout_v2)(tensors, codec, out)
     header_obj = {"config": config, "meta": meta or {}, "payload_bytes": out.offset, **fields}
     try:
         header = json.dumps(header_obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
@@ -441,8 +432,7 @@ def save_artifact(path: str | os.PathLike, *, config: dict, tensors: Mapping[str
     size = os.path.getsize(path)
     if size != len(data):
         raise OSError(f"{path}: wrote {len(data)} bytes but the file has {size}")
-    return ArtifactInfo(path=path, total_bytes=size, header_bytes=len(header), tensor_bytes=sizes,
-                        code_bytes=code_sizes)
+    return ArtifactInfo(path=path, total_bytes=size, header_bytes=len(header), tensor_bytes=sizes)
 
 
 def _decompress(blob: bytes, codec: str, what: str, limit: int | None = None) -> bytes:
