@@ -1,10 +1,7 @@
 """The codec benchmarks' own logic: the column-class floor and the reach of
 benchmarks/codec_artifacts.py, its synthetic sets, and the check of benchmarks/bench_codec_decode.py
 (the harness smoke test in test_bench_harness.py runs that module's tiny case end to end)."""
-import json
-import lzma
 import math
-import struct
 
 import numpy as np
 import pytest
@@ -18,6 +15,7 @@ from benchmarks.codec_artifacts import (
 )
 from benchmarks.codec_sizes import entropy_bits
 from pgolf.artifact.format import save_artifact
+from pgolf.artifact.index import read_index
 from pgolf.quant.qtensor import QTensor
 
 
@@ -50,11 +48,7 @@ def test_column_class_floor_pools_a_role_across_layers():
 def test_reach_replaces_the_block_matrices_codes_and_nothing_else(tmp_path):
     entries = synthetic_entries("tiny")
     info = save_artifact(tmp_path / "a.pgolf", config={}, tensors=entries)
-    data = (tmp_path / "a.pgolf").read_bytes()
-    hlen = struct.unpack_from("<I", data, 12)[0]
-    assert data[16] == 3  # the index through raw LZMA2
-    header = json.loads(lzma.decompress(data[17:16 + hlen], format=lzma.FORMAT_RAW,
-                                        filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 22}]))
+    header = read_index(info.path)
     (emb,) = [e["codes"] for e in header["tensors"] if e["name"] == "tok_emb.weight"]
     # the int7 embedding is alone in its stream: the rest of the codes are the block matrices'
     emb_bytes = header[emb["codec"]][emb[emb["codec"]]]["length"] if emb["codec"] in ("ctx", "joint") else emb["length"]
