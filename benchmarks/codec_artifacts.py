@@ -22,13 +22,17 @@ only, no tables), and given each column's RMS class (:func:`column_class_bits`).
 ``v5 at block floor / lrzip``, is pgolf-v5 with its block matrices' codes (every matrix but the
 embedding) replaced by their col-class floor at 64 classes, class maps and tables free: what a
 coder that models per-column variance perfectly would store. Where it is above -2 %, the goal needs
-structure in the block matrices beyond their columns' variance. ``--speed`` also times the decode
+structure in the block matrices beyond their columns' variance. Whether the trained weights have any
+is measured on their column-shuffled twin (:func:`column_shuffled`: each block matrix's columns keep
+their codes, in a random order of rows): what a contender stores less on the trained weights than on
+the twin is structure beyond the columns' statistics that it found. ``--speed`` also times the decode
 of a record-sized artifact on one CPU core (:mod:`benchmarks.bench_codec_decode` through the
 shared harness).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import shutil
@@ -156,10 +160,32 @@ def at_block_floor(entries: dict, path: Path) -> int:
     matrices (every QTensor but the embedding) replaced by their col-class floor at 64 classes
     (class maps and tables free): what it would take with perfect per-column variance modelling
     of those matrices."""
-    blocks = {n: t for n, t in entries.items() if isinstance(t, QTensor) and not n.startswith("tok_emb")}
+    blocks = {n: t for n, t in entries.items() if is_block_matrix(n, t)}
     floor = math.ceil(column_class_bits(blocks, classes=64) / 8)
     codes = codes_payload_bytes(read_index(path))
     return os.path.getsize(path) - sum(codes[n] for n in blocks) + floor
+
+
+def is_block_matrix(name: str, t) -> bool:
+    """A quantised matrix of the blocks: every QTensor but the embedding."""
+    return isinstance(t, QTensor) and not name.startswith("tok_emb")
+
+
+def column_shuffled(entries: dict, seed: int = 0) -> dict:
+    """The column-shuffled twin of ``entries``: in every block matrix each column's codes are put in
+    an independent random order of rows; everything else is kept. Each column keeps its histogram,
+    so the floors and the reach are unchanged, but no code is tied to its row or to the other
+    columns any more: row similarity, cross-column dependence and row-scale structure are gone.
+    A coder that stores the trained weights in fewer bytes than their twin found that much
+    structure beyond the columns' statistics."""
+    rng = np.random.default_rng(seed)
+    out = dict(entries)
+    for name, t in entries.items():
+        if is_block_matrix(name, t):
+            codes = t.codes.numpy()
+            rows = rng.random(codes.shape).argsort(axis=0)
+            out[name] = dataclasses.replace(t, codes=torch.from_numpy(np.take_along_axis(codes, rows, axis=0)))
+    return out
 
 
 def column_class_bits(entries: dict, classes: int = 16) -> float:
@@ -210,6 +236,39 @@ def synthetic_entries(kind: str, seed: int = 11) -> dict:
     sd = {k: torch.from_numpy(weights(rng, s, "t", 4.0)) for k, s in shapes.items()}
     roles = {k: EMBED if k.startswith("tok_emb") else MATRIX for k in sd}
     return quantize_state_dict(sd, QCFG, roles, impl="torch")
+
+
+def twin_row(name: str, entries: dict, trained: dict, tmp: Path) -> str:
+    """One Markdown row of the twin table: pgolf's current format and pergroup-lrzip on the trained
+    weights (``trained``: their :func:`contenders` sizes) and on their :func:`column_shuffled` twin."""
+    twin = column_shuffled(entries)
+    cur = f"pgolf-v{VERSION}"
+    sizes = {cur: save_artifact(tmp / "twin.pgolf", config={}, tensors=twin).total_bytes,
+             "pergroup-lrzip": pergroup(twin) if trained["pergroup-lrzip"] is not None else None}
+    cells = []
+    for k, size in sizes.items():
+        if size is None:
+            cells += ["unavailable"] * 3
+            continue
+        gain = size - trained[k]
+        cells += [f"{trained[k]:,}", f"{size:,}", f"{gain:,} ({gain / size:.2%})"]
+    lrz, lrz_twin = trained["pergroup-lrzip"], sizes["pergroup-lrzip"]
+    lead = "unavailable" if lrz is None else f"{trained[cur] / lrz - 1:+.2%} / {sizes[cur] / lrz_twin - 1:+.2%}"
+    return f"| {name} | " + " | ".join(cells) + f" | {lead} |"
+
+
+def twin_table(rows: list[str]) -> list[str]:
+    """The twin table's Markdown lines around ``rows`` (none without rows)."""
+    if not rows:
+        return []
+    cur = f"pgolf-v{VERSION}"
+    text = ("Structure beyond the columns: each contender on the trained weights and on their column-shuffled "
+            "twin (column_shuffled: every block matrix's columns keep their codes, in a random order of rows; the "
+            "embedding, scales and float tensors as they are). The gain is what the twin costs more: structure "
+            "beyond the columns' statistics that the contender found.")
+    head = (f"| case | {cur} | {cur} on twin | {cur} gain | pergroup-lrzip | pergroup-lrzip on twin | "
+            f"pergroup-lrzip gain | v{VERSION} / lrzip, trained / twin |")
+    return ["", text, "", head, "|---|" + "---:|" * 7, *rows]
 
 
 def decode_speed(out: Path) -> list[str]:
@@ -279,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
                   "|---|" + "---:|" * 13 + "---|"]
     args.out.mkdir(parents=True, exist_ok=True)
     report = args.out / args.report
+    twins: list[str] = []  # rows of the twin table, trained cases only
     with tempfile.TemporaryDirectory() as d:
         for name, make in cases.items():
             entries = make()
@@ -298,7 +358,11 @@ def main(argv: list[str] | None = None) -> None:
                    f"{r[cur] / min(others):.4f} | {vs_lrzip} | {reach} | {r[cur + ' encode s']:.1f} | {goal} |")
             print(row, flush=True)
             lines.append(row)
-            report.write_text("\n".join(lines) + "\n")  # each case kept as soon as it is measured
+            if trained:
+                twins.append(twin_row(name, entries, r, Path(d)))
+                print(twins[-1], flush=True)
+            report.write_text("\n".join(lines + twin_table(twins)) + "\n")  # each case kept once measured
+    lines += twin_table(twins)
     if args.speed:
         lines += decode_speed(args.out)
     report.write_text("\n".join(lines) + "\n")

@@ -1,6 +1,7 @@
-"""The codec benchmarks' own logic: the column-class floor and the reach of
+"""The codec benchmarks' own logic: the column-class floor, the reach and the column-shuffled twin of
 benchmarks/codec_artifacts.py, its synthetic sets, and the check of benchmarks/bench_codec_decode.py
 (the harness smoke test in test_bench_harness.py runs that module's tiny case end to end)."""
+import dataclasses
 import math
 
 import numpy as np
@@ -11,10 +12,13 @@ from benchmarks import bench_codec_decode
 from benchmarks.codec_artifacts import (
     at_block_floor,
     column_class_bits,
+    column_shuffled,
+    is_block_matrix,
     synthetic_entries,
+    twin_row,
 )
 from benchmarks.codec_sizes import entropy_bits
-from pgolf.artifact.format import save_artifact
+from pgolf.artifact.format import VERSION, save_artifact
 from pgolf.artifact.index import read_index
 from pgolf.quant.qtensor import QTensor
 
@@ -57,6 +61,39 @@ def test_reach_replaces_the_block_matrices_codes_and_nothing_else(tmp_path):
     floor = math.ceil(column_class_bits(blocks, classes=64) / 8)
     assert at_block_floor(entries, info.path) == info.total_bytes - block_codes + floor
     assert floor < block_codes  # iid codes: no coder reaches the free-tables floor
+
+
+def test_column_shuffled_twin_keeps_every_column_and_nothing_else():
+    entries = synthetic_entries("tiny")
+    twin = column_shuffled(entries)
+    for name, t in entries.items():
+        if not is_block_matrix(name, t):
+            assert twin[name] is t  # the embedding and every float tensor as they are
+            continue
+        a, b = t.codes.numpy(), twin[name].codes.numpy()
+        assert np.array_equal(np.sort(a, axis=0), np.sort(b, axis=0))  # each column keeps its codes
+        assert sorted(map(bytes, a)) != sorted(map(bytes, b))  # not merely the rows reordered
+        assert twin[name].scale is t.scale
+    assert column_class_bits(twin, classes=64) == pytest.approx(column_class_bits(entries, classes=64))
+    again = column_shuffled(entries)
+    assert all(torch.equal(again[n].codes, twin[n].codes) for n, t in entries.items() if is_block_matrix(n, t))
+
+
+def test_twin_gain_is_the_structure_a_coder_found_beyond_the_columns(tmp_path):
+    iid = synthetic_entries("tiny")
+    paired = dict(iid)  # every block matrix's rows in identical pairs: structure beyond the columns
+    for name, t in iid.items():
+        if is_block_matrix(name, t):
+            codes = np.repeat(t.codes.numpy()[::2], 2, axis=0)[: t.codes.shape[0]]
+            paired[name] = dataclasses.replace(t, codes=torch.from_numpy(np.ascontiguousarray(codes)))
+    for entries, low, high in ((iid, -0.01, 0.01), (paired, 0.03, 1.0)):
+        size = save_artifact(tmp_path / "a.pgolf", config={}, tensors=entries).total_bytes
+        row = twin_row("case", entries, {f"pgolf-v{VERSION}": size, "pergroup-lrzip": None}, tmp_path)
+        cells = [c.strip() for c in row.strip(" |").split("|")]
+        assert cells[:2] == ["case", f"{size:,}"] and cells[4:] == ["unavailable"] * 4
+        twin_size, gain = int(cells[2].replace(",", "")), int(cells[3].split()[0].replace(",", ""))
+        assert gain == twin_size - size
+        assert low * twin_size <= gain <= high * twin_size, (gain, twin_size)
 
 
 def test_synthetic_sets():
