@@ -15,7 +15,8 @@ with the record-like policy below), then stored by each contender:
   (tok_emb, c_k, c_q, c_v, attn proj, mlp fc, mlp proj), rows of tok_emb / c_q / mlp.fc in greedy
   L1 nearest-neighbour order (permutations as uint16 through brotli-11), matrices written
   column-major, each group through ``lrzip -z -L 9`` (ZPAQ); everything else through brotli-11;
-  plus the 40-byte container. Reported "unavailable" when no ``lrzip`` binary is on PATH.
+  plus the 44-byte container (magic, stream count, 9 lengths). Reported "unavailable" when no
+  ``lrzip`` binary is on PATH.
 
 Floors: order-0 entropy of the codes per tensor and per row group of pgolf's rANS streams (codes
 only, no tables), and given each column's RMS class (:func:`column_class_bits`). The reach column,
