@@ -52,5 +52,7 @@ def test_official_split_and_schedule_reach_every_group():
     assert len(lrs) == len(list(model.parameters()))
     mul = opts.schedule(75, 0.0)
     assert mul == pytest.approx(0.5)
+    after = {id(p): g["lr"] for o in opts.all for g in o.param_groups for p in g["params"]}
+    assert after == pytest.approx({k: 0.5 * lr for k, lr in lrs.items()})  # every group of every optimiser
     assert opts.muon.param_groups[0]["lr"] == pytest.approx(cfg.optim.matrix_lr * 0.5)
     assert opts.muon.param_groups[0]["momentum"] == pytest.approx(muon_momentum(75, cfg.optim))

@@ -66,6 +66,22 @@ class AdaptivePlain(PlainModel):
     stateless = False
 
 
+def test_optimizer_state_is_half_of_adamws(model, toks):
+    """The TTT optimiser state pgolf allocates (``v`` and a step per document, beta1 = 0) against
+    torch's AdamW state on the same parameters (exp_avg, exp_avg_sq, step)."""
+    p = ttt(model, toks)
+    assert p.v.shape == p.flat.shape and p.step.shape == (p.flat.shape[0],)
+    ours = sum(t.numel() * t.element_size() for t in (p.v, p.step))
+    flat = p.flat.detach().clone().requires_grad_()
+    opt = torch.optim.AdamW([flat], lr=1e-4, betas=(0.0, 0.99))
+    flat.grad = torch.randn_like(flat)
+    opt.step()
+    adamw = sum(t.numel() * t.element_size() for t in opt.state[flat].values())
+    params = flat.numel() * flat.element_size()
+    assert ours <= 0.5 * adamw + p.step.numel() * p.step.element_size()
+    assert (params + ours) / (params + adamw) < 2 / 3 + 1e-3  # parameters and state: a third less
+
+
 def test_lr_zero_equals_the_plain_model(model, toks):
     zero = run(ttt(model, toks, dataclasses.replace(BASE, lr=0.0)), toks).record.nll[1:]
     same_schedule = run(AdaptivePlain(model, CPU), toks).record.nll[1:]

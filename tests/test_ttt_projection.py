@@ -34,6 +34,15 @@ def test_projection_is_bounded_by_the_longest_batch_and_the_average(tmp_path):
     assert main(["--tsv", str(tsv), "--token-us", "0.01", "--step-ms", "5"]) == 0
 
 
+def test_longest_first_dealing_balances_the_ranks():
+    # chunk 1, no per-token cost, 1 s per step: a batch takes its longest document's length in seconds.
+    # Longest first on 2 ranks: 4 | 2+2, then the four 1s alternate: 6 and 6. Dealt in the given
+    # (ascending) order it would be 1+1+2+4 | 1+1+2 = 8; everything on one rank, 12.
+    bounds = np.array([[1, 1], [1, 1], [1, 1], [1, 1], [2, 2], [2, 2], [4, 4]], dtype=np.float64)
+    r = project(bounds, ranks=2, chunk=1, window=10, token_s=0.0, step_s=1.0)
+    assert (r["eval_s"], r["critical_path_s"], r["work_s"]) == (6.0, 4.0, 12.0)
+
+
 def _row(run_id: str, contender: str, device: str, status: str = "ok", time_ms: float | None = 2.0) -> dict:
     machine = {"gpu": "NVIDIA H100 80GB HBM3", "cpu": "Xeon"} if device == "cuda" else {"gpu": "n/a", "cpu": "Xeon"}
     return {"bench": "lora_ttt", "run_id": run_id, "case": "D4_T8_d16_r4", "contender": contender, "device": device,

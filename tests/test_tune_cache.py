@@ -61,6 +61,10 @@ def test_tune_cache_writes_the_best_point_and_never_reads_validation(run_dir, mo
     grid = {line.split(" bpb:")[0]: float(line.split("bpb:")[1])
             for line in out.splitlines() if line.startswith("theta:")}
     assert len(grid) == 8
+    for theta in ("1", "30"):  # every point is scored with its own values: lam moves the score
+        for window in ("16", "512"):
+            low, high = (grid[f"theta:{theta} lam:{lam} window:{window}"] for lam in ("0.05", "0.5"))
+            assert low != high, (theta, window)
     best = min(grid, key=grid.get)
     saved = json.loads((d / "config.json").read_text())
     assert saved["name"] == "tiny" and saved["train"] == {"seq_len": 64}  # the rest of the config is kept
@@ -69,6 +73,7 @@ def test_tune_cache_writes_the_best_point_and_never_reads_validation(run_dir, mo
     assert RunConfig.from_dict(saved).validate().cache.window == c["window"]
 
 
-def test_tune_cache_refuses_a_mode_without_cache(run_dir):
+def test_tune_cache_refuses_a_mode_without_cache(run_dir, capsys):
     _, common = run_dir
     assert cli_main(["tune-cache", *common, "--mode", "doc", "--tokens", "50"]) == 1
+    assert "tune-cache scores a cache mode (e.g. cache, flat+cache), got 'doc'" in capsys.readouterr().err
