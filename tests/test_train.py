@@ -1,5 +1,6 @@
 """The training loop: end to end, pinned trajectory, resume, torchrun equivalence, failure modes."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -309,7 +310,8 @@ def test_record_tiny_trains_and_its_loss_goes_down(tiny_data, tmp_path):
     assert len(losses) == 12 and min(losses[-3:]) < losses[0] - 0.5
     log = (tmp_path / "train.log").read_text()
     assert "ema: the averaged weights" in log
-    assert result["val_bpb"] < result["unigram_bpb"] + 1.0
+    uniform = math.log2(cfg.model.vocab_size) * result["val_tokens"] / result["val_bytes"]  # a guess of nothing
+    assert result["val_bpb"] < uniform - 0.2  # 12 steps learn something, if not yet the unigram (3.81 against 4.47)
 
 
 def test_gradient_accumulation_uses_every_micro_batch(tiny_data, tmp_path):
