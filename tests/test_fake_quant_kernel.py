@@ -30,7 +30,7 @@ def _run(impl, x, w, dy, **kw):
 
 
 @pytest.mark.parametrize("bits", [5, 6, 8])
-@pytest.mark.parametrize("rule", fq.RULES)
+@pytest.mark.parametrize("rule", [r for r in fq.RULES if r != "percentile"])  # percentile: torch.quantile, no kernel
 def test_row_scales_kernel_bit_exact(bits, rule):
     w = _weight(k=45)  # odd row length
     got = fq.row_scales(w, bits=bits, rule=rule, impl="triton", **RULE_KW)

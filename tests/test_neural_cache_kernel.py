@@ -66,7 +66,9 @@ def test_torch_path_is_the_reference_in_fp32():
     got = nc.cache_target_logprob(**inp, theta=1.3, vocab_size=11, impl="torch")
     _assert_close(got, _oracle(inp, theta=1.3), atol=2e-5, rtol=1e-5)
     wide = nc.cache_target_logprob(**{k: v.double() if v.is_floating_point() else v for k, v in inp.items()},
-                                   theta=1.3, vocab_size=11)  # float64 runs the torch path under impl="auto"
+                                   theta=1.3, vocab_size=11)
+    # impl="auto" keeps float64 states on the torch path: the kernel's float32 scores would miss by ~1e-7
+    assert wide.log_p.dtype == wide.log_den.dtype == torch.float64
     _assert_close(wide, _oracle(inp, theta=1.3), atol=1e-12)
 
 

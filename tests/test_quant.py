@@ -31,7 +31,11 @@ def test_fake_quant_equals_quantize_dequantize(bits, rule):
     q = quantize_tensor(w, bits=bits, rule=rule, impl="torch", **RULE_KW)
     scale = fq.row_scales_reference(w, bits=bits, rule=rule, **RULE_KW)
     assert torch.equal(q.scale, scale) and q.codes.dtype == torch.int8 and q.bits == bits
-    assert q.codes.abs().max() <= fq.qmax_for(bits)
+    qmax = fq.qmax_for(bits)
+    assert q.codes.abs().max() <= qmax
+    # written out here, not through the quantiser: round half to even of w / fp16 scale, clamped
+    assert torch.equal(q.codes, torch.round(w / scale.float()[:, None]).clamp(-qmax, qmax).to(torch.int8))
+    assert torch.equal(q.dequantize(), q.codes.float() * scale.float()[:, None])
     assert torch.equal(fq.fake_quant_reference(w, scale, bits), q.dequantize())  # atol = 0
 
 
