@@ -46,6 +46,7 @@ class Case:
     make_inputs: Callable[[torch.device, int], tuple]  # (device, seed) -> positional inputs
     flops: float  # useful FLOPs of one call (0 if memory-bound only)
     bytes: float  # compulsory bytes of one call (read + write)
+    max_sets: int | None = None  # at most this many rotated input sets (1 where building one takes minutes)
 
 
 @dataclass
@@ -345,6 +346,8 @@ class _Run:
             if self.device.type == "cuda":
                 count = min(count, torch.cuda.mem_get_info(self.device)[0] // 4 // per_set)
             count = max(1, min(count, self.timing.max_rotate))
+        if case.max_sets is not None:
+            count = min(count, case.max_sets)
         return [first] + [case.make_inputs(self.device, seed) for seed in range(1, count)]
 
     def spent(self) -> str:

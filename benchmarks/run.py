@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("tiny", "full"), help="default: full on CUDA, tiny otherwise")
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="run only this benchmark (name or module, repeatable)")
+    parser.add_argument("--skip", action="append", metavar="NAME", default=[],
+                        help="leave this benchmark out (name or module, repeatable)")
     parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results, "
                         "and benchmarks/results/tiny for tiny runs, which git ignores)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -115,6 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     if not benches and not errors:
         print(f"error: no bench_*.py modules in {args.bench_dir or HERE}", file=sys.stderr)
         return 2
+    known = {b.name for b in benches} | {e[0].removeprefix("bench_") for e in errors}
+    unknown = [n for n in args.skip if n.removeprefix("bench_") not in known]
+    if unknown:
+        print(f"error: --skip {', '.join(unknown)}: no such benchmark (there are {', '.join(sorted(known))})",
+              file=sys.stderr)
+        return 2
+    skip = {n.removeprefix("bench_") for n in args.skip}
+    benches = [b for b in benches if b.name not in skip]
+    errors = [e for e in errors if e[0].removeprefix("bench_") not in skip]
     if args.only:
         benches = [b for b in benches if b.name in args.only or f"bench_{b.name}" in args.only]
         errors = [e for e in errors if e[0] in args.only or e[0].removeprefix("bench_") in args.only]

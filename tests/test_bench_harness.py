@@ -187,6 +187,25 @@ def test_budget_and_broken_cases_time_nothing():
     assert {(r.status, r.message) for r in rows} == {(ERROR, "case setup raised ValueError: no such shape")}
 
 
+def test_a_case_caps_its_input_sets():
+    """``Case.max_sets``: a case whose inputs take minutes to build gets no more sets than it allows,
+    whatever the timing's rotation asks for."""
+    built = []
+
+    def make(device, seed):
+        built.append(seed)
+        return (torch.full((8,), seed + 1.0),)
+
+    bench, _ = toy()
+    bench.cases = lambda size: [Case("capped", make, flops=0, bytes=64, max_sets=1)]
+    rows = run_benchmark(bench, size="tiny", device="cpu", peaks=FAKE_PEAKS, timing=FAST)
+    assert built == [0] and {r.rotate for r in rows if r.status == OK} == {1}
+    bench.cases = lambda size: [Case("uncapped", make, flops=0, bytes=64)]
+    built.clear()
+    run_benchmark(bench, size="tiny", device="cpu", peaks=FAKE_PEAKS, timing=FAST)
+    assert built == list(range(FAST.max_rotate))
+
+
 def test_bad_benchmark_definitions_are_rejected():
     bench, _ = toy()
     bench.baseline = "nobody"
@@ -245,6 +264,13 @@ def test_run_exits_nonzero_on_a_wrong_contender_or_a_broken_module(tmp_path, cap
     assert bench_run.main(["--bench-dir", str(bad), "--out", str(out), "--only", "broken"]) == 1
     assert "ModuleNotFoundError" in capsys.readouterr().out
     assert bench_run.main(["--bench-dir", str(bad), "--out", str(out), "--only", "nothing"]) == 2
+    capsys.readouterr()
+    # --skip leaves a benchmark (or a broken module) out; a name that is no benchmark is refused
+    assert bench_run.main(["--bench-dir", str(bad), "--out", str(out), "--skip", "toy", "--skip",
+                           "bench_broken"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()[-2:]] == ["other"] * 2
+    assert bench_run.main(["--bench-dir", str(bad), "--out", str(out), "--skip", "tyo"]) == 2
+    assert "--skip tyo: no such benchmark (there are broken, other, toy)" in capsys.readouterr().err
 
 
 def test_full_run_budget_passes_unused_time_on():
@@ -303,3 +329,13 @@ def test_gpu_check_script_refuses_without_a_gpu():
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "everything"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+def test_gpu_session_skips_only_benchmarks_that_exist():
+    """An unknown ``--skip`` makes benchmarks.run exit 2, which would cost a lent GPU its whole
+    benchmark step: every name the session skips is a benchmark of the tree."""
+    script = (REPO / "scripts" / "gpu_check.sh").read_text()
+    skipped = re.findall(r"--skip (\S+)", script)
+    assert skipped == ["codec_decode"]
+    names = {b.name for b in bench_run.discover()[0]}
+    assert set(skipped) <= names
