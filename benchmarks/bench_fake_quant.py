@@ -6,6 +6,11 @@ and dx GEMMs on its output, a dW GEMM with the clip mask in its epilogue). Sizes
 x the baseline-family matrix shapes in bf16 with float32 master weights (GPU); ``tiny`` is a CPU
 smoke run in float32.
 
+Each call is one QAT step's forward and backward, the quantisation of ``W`` included: the eager and
+Triton contenders empty :data:`triton_kernels.fake_quant.STEP_CACHE` first, which would otherwise
+hand back the ``fq(W)`` of the previous call on the same, unchanged weight (the reuse that
+gradient accumulation gets between two optimiser steps; the compiled reference has no cache).
+
 Every contender must return the same ``(y, dx, dW)``, the plain linear included: the weights are
 generated already on the int6 grid (``W = fq(W0)``, a fixed point of ``fq`` under ``maxabs``) and
 the surrogate is the STE, which clips nothing under ``maxabs``; so all four compute the same math
@@ -20,8 +25,8 @@ import torch.nn.functional as F
 
 from benchmarks.harness import Benchmark, Case, Contender
 from triton_kernels._dispatch import triton_unavailable
-from triton_kernels.fake_quant import (fake_quant_linear, fake_quant_linear_reference, fake_quant_reference,
-                                       row_scales_reference)
+from triton_kernels.fake_quant import (STEP_CACHE, fake_quant_linear, fake_quant_linear_reference,
+                                       fake_quant_reference, row_scales_reference)
 
 BITS = 6
 FULL_TOKENS = 65_536
@@ -67,6 +72,7 @@ def plain_linear(x, w, dy):
 
 
 def torch_eager(x, w, dy):
+    STEP_CACHE.clear()
     return _fwd_bwd(functools.partial(fake_quant_linear, bits=BITS, impl="torch"), x, w, dy)
 
 
@@ -80,6 +86,7 @@ def torch_compiled(x, w, dy):
 
 
 def pgolf_triton(x, w, dy):
+    STEP_CACHE.clear()
     return _fwd_bwd(functools.partial(fake_quant_linear, bits=BITS, impl="triton"), x, w, dy)
 
 

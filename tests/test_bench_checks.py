@@ -27,6 +27,19 @@ def test_fake_quant_check_accepts_bf16_contenders_at_full_reduction_lengths():
         assert "dW" in fq_bench.check(wrong, ref)
 
 
+def test_fake_quant_contenders_quantise_the_weight_on_every_call(monkeypatch):
+    """A timed call is a whole QAT step: no contender gets the previous call's fq(W) from the cache."""
+    computed = []
+    real = fq.ops._fq_weight
+    monkeypatch.setattr(fq.ops, "_fq_weight", lambda *a: computed.append(a[-1]) or real(*a))
+    x, w, dy = fq_bench._make(16, 48, 40, torch.float32)(torch.device("cpu"), 0)
+    contenders = [fq_bench.torch_eager] + ([] if triton_unavailable() else [fq_bench.pgolf_triton])
+    for contender in contenders:
+        for _ in range(3):
+            contender(x, w, dy)
+    assert computed == [impl for impl in ("torch", "triton")[:len(contenders)] for _ in range(3)]
+
+
 def test_newton_schulz_check_accepts_bf16_updates_at_record_shapes():
     banks = [(1, 2048, 512), (2, 256, 512)]
     (inputs,) = ns_bench._case("record_part", banks).make_inputs(torch.device("cpu"), 0)

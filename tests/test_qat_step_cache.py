@@ -9,7 +9,7 @@ from pgolf.config import QuantConfig
 from pgolf.model.layers import CastedLinear, QuantEmbedding
 from pgolf.quant.qat import enable_qat, set_qat_state
 from pgolf.quant.rtn import quantize_tensor
-from triton_kernels.fake_quant import STEP_CACHE, fake_quant_weight, kernels
+from triton_kernels.fake_quant import STEP_CACHE, fake_quant_linear, fake_quant_weight, kernels, ops
 from _launches import LaunchCounter
 
 MICRO_STEPS = 8
@@ -71,6 +71,24 @@ def test_fq_weight_once_per_optimiser_step_and_bit_identical(monkeypatch, rule):
     assert cached.keys() == recomputed.keys()
     for k in cached:
         assert torch.equal(cached[k], recomputed[k]), k
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_a_plain_call_reuses_fq_w_until_the_weight_changes(monkeypatch, impl):
+    """``fake_quant_linear(x, w, bits=6)`` in a user's own loop (``active`` left at True): one fq(W)
+    per weight version, and one cache entry, not one per call."""
+    STEP_CACHE.clear()
+    computed = []
+    real = ops._fq_weight
+    monkeypatch.setattr(ops, "_fq_weight", lambda *a: computed.append(1) or real(*a))
+    w = nn.Parameter(torch.randn(8, 16))
+    outs = [fake_quant_linear(torch.randn(4, 16), w, bits=6, impl=impl) for _ in range(3)]
+    assert len(computed) == 1 and len(STEP_CACHE._entries) == 1
+    with torch.no_grad():
+        w.mul_(1.5)
+    fake_quant_linear(torch.randn(4, 16), w, bits=6, impl=impl)
+    assert len(computed) == 2 and len(STEP_CACHE._entries) == 1  # the new version replaces the old
+    assert all(o.shape == (4, 8) for o in outs)
 
 
 def test_cached_weight_follows_every_write_to_the_weight():

@@ -296,13 +296,14 @@ def fake_quant_linear(x: torch.Tensor, weight: torch.Tensor, *, bits: int, rule:
     dev = weight.device
     if x.device != dev:
         raise ValueError(f"x is on {x.device} but weight is on {dev}")
+    always_on = active is True  # a Python True: fq(W) needs no flag tensor, and its cache key stays the same
     active = _flag_tensor(active, torch.bool, dev, "active")
     temperature = _flag_tensor(temperature, torch.float32, dev, "temperature")
     weight = weight.contiguous()
     dtype = _matmul_dtype(x)
     # wq and scale are saved for the backward (dx = dy fq(W)), so caching is safe compiled or not
-    scale, wq = _fq_weight_op(weight.detach(), active, bits, rule, float(percentile), float(sigma), dtype, "triton",
-                              _cacheable(weight, compiled_ok=True))
+    scale, wq = _fq_weight_op(weight.detach(), None if always_on else active, bits, rule, float(percentile),
+                              float(sigma), dtype, "triton", _cacheable(weight, compiled_ok=True))
     x2 = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
     y = _fq_linear_op(x2, wq, weight, scale, active, temperature, bits, surrogate)
     return y.reshape(*x.shape[:-1], weight.shape[0])
