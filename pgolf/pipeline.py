@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pgolf.artifact.export import export_model, load_exported
+from pgolf.artifact.export import ARTIFACT_NAMES, export_model, load_exported
 from pgolf.config import ConfigError, RunConfig, TrainConfig
 from pgolf.config.resume import RESUMABLE, resume_differences
 from pgolf.data.build import build_embedded_dataset
@@ -51,8 +51,11 @@ from pgolf.util.device import DistEnv, pick_device
 from pgolf.util.runlock import RunDirLock
 
 # What ``--overwrite`` removes (after validation): reports that would describe the old run.
-# The checkpoint and the artifact are replaced atomically when the new run writes its own.
+# The checkpoint and the artifact are replaced atomically when the new run writes its own; the
+# artifact of the other export scheme, if any, goes then (it would describe the old run).
 STALE_REPORTS = ("train.log", "metrics.jsonl", "submission.json", "loss_curve.png")
+# Files whose presence means the folder holds a run (or a records folder): never written over unasked.
+RUN_DIR_MARKERS = ("checkpoint.pt", "config.json", *STALE_REPORTS, *ARTIFACT_NAMES.values())
 
 
 def prepare_data(cfg: RunConfig, env: DistEnv, say: Callable[[str], None]) -> None:
@@ -83,6 +86,10 @@ def run_training(cfg: RunConfig, env: DistEnv = DistEnv(), *, resume: bool = Fal
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.exists() and not (resume or overwrite):
         raise TrainingError(f"{ckpt} already exists; continue it with --resume, or start over with --overwrite")
+    held = [f for f in RUN_DIR_MARKERS if (run_dir / f).exists()]
+    if held and not (resume or overwrite):
+        raise TrainingError(f"train.run_dir {run_dir} already holds {', '.join(held)} (a run without a checkpoint, "
+                            "or a records folder); start over there with --overwrite, or choose another --run-dir")
     device = pick_device(cfg.train.device, env)
     if env.distributed and not dist.is_initialized():
         if device.type == "cuda":
@@ -106,6 +113,10 @@ class _ValData:
         check_val_size(len(self.tokens), cfg.train.seq_len, cfg.data.val_glob)
         self.bytes = (torch.from_numpy(load_tokens(cfg.data.val_bytes_glob).astype(np.int64))
                       if cfg.data.val_bytes_glob else None)
+        if self.bytes is not None and len(self.bytes) != len(self.tokens):
+            raise DataError(f"data.val_bytes_glob {cfg.data.val_bytes_glob!r} holds {len(self.bytes)} byte counts but "
+                            f"the validation split {cfg.data.val_glob!r} holds {len(self.tokens)} tokens; the sidecar "
+                            "needs one count per validation token (pgolf data writes both from the same documents)")
 
     def score(self, model: GPT, *, full: bool = True) -> Score:
         """Score ``model`` on the whole split (or the periodic capped subset when not ``full``)."""
@@ -187,6 +198,9 @@ def preflight(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: boo
         if not ckpt.exists():
             raise TrainingError(f"--resume: no checkpoint at {ckpt}")
         state = pgolf_checkpoint(load_checkpoint(ckpt), ckpt)
+        if t.iterations < state["step"]:
+            raise ConfigError(f"--resume: {ckpt} is at step {state['step']}, past train.iterations={t.iterations}; "
+                              f"continue with train.iterations >= {state['step']}, or start over with --overwrite")
         diffs = resume_differences(state["config"], cfg.to_dict())
         if diffs:
             raise ConfigError(f"--resume: the config differs from the one {ckpt} was trained with: {'; '.join(diffs)}. "
@@ -264,8 +278,8 @@ def _run(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, ec
     np.random.seed(t_cfg.seed)
     pre = preflight(cfg, env, device, resume=resume, say=say)
     with RunDirLock(run_dir) if env.master else nullcontext():
-        if env.master and not resume:
-            for stale in STALE_REPORTS:
+        if env.master:  # a resumed run keeps its log, metrics and last export; its report would claim it finished
+            for stale in ("submission.json",) if resume else STALE_REPORTS:
                 (run_dir / stale).unlink(missing_ok=True)
         log = RunLog(run_dir, enabled=env.master, echo=echo)
         for msg in early:
@@ -364,7 +378,7 @@ def _export_and_score(cfg: RunConfig, env: DistEnv, device: torch.device, model:
     the report."""
     run_dir = Path(cfg.train.run_dir)
     official = cfg.quant.scheme == "official_int8"
-    artifact = run_dir / ("final_model.int8.ptz" if official else "model.pgolf")
+    artifact = run_dir / ARTIFACT_NAMES[cfg.quant.scheme]
     tag = "final_int8_zlib_roundtrip" if official else f"final_{cfg.quant.codec}_roundtrip"
     report, calib_ms = None, 0.0
     if env.master:
@@ -377,6 +391,8 @@ def _export_and_score(cfg: RunConfig, env: DistEnv, device: torch.device, model:
         report = export_model(model, cfg.quant, artifact, allow_oversize=cfg.train.allow_oversize,
                               meta={"step": trained.step, "name": cfg.name, "identity": identity},
                               hessians=hessians)
+        for name in set(ARTIFACT_NAMES.values()) - {artifact.name}:
+            (run_dir / name).unlink(missing_ok=True)  # an earlier run's artifact of the other scheme
         if hessians is not None:
             calib_ms = 1000.0 * (time.perf_counter() - t0)
             fallbacks = {n: m for n, m in report.methods.items() if m != "gptq"}

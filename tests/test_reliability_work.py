@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -236,4 +237,86 @@ def test_a_torn_last_metrics_line_is_cut_on_resume(tiny_data, tmp_path, reliabil
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["event"] == "train"] == [1, 2, 3, 4]
     assert "cut a torn last line" in (run_dir / "train.log").read_text()
+    reliability("FINE")
+
+
+def test_a_run_folder_without_a_checkpoint_is_never_trained_over_unasked(tiny_data, tmp_path, reliability):
+    """A finished run whose checkpoint was deleted, and a records folder: both refused without
+    --overwrite, every file as it was."""
+    run_dir = tmp_path / "run"
+    assert train(tiny_data, run_dir, **{"train.iterations": 2}).rc == 0
+    (run_dir / "checkpoint.pt").unlink()
+    before = snapshot(run_dir)
+    assert_clear(train(tiny_data, run_dir, **{"train.iterations": 2}),
+                 r"already holds config.json, train.log, metrics.jsonl, submission.json, .*model.pgolf.*--overwrite")
+    assert snapshot(run_dir) == before
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "submission.json").write_text("{}")
+    (records / "train.log").write_text("the record's log\n")
+    before = snapshot(records)
+    assert_clear(train(tiny_data, records), r"already holds train.log, submission.json")
+    assert snapshot(records) == before
+    reliability("CLEAR")
+
+
+def test_resume_refuses_fewer_iterations_than_the_checkpoint_has_run(tiny_data, tmp_path, reliability):
+    run_dir = tmp_path / "run"
+    assert train(tiny_data, run_dir, **{"train.iterations": 4}).rc == 0
+    before = snapshot(run_dir)
+    assert_clear(train(tiny_data, run_dir, "--resume", **{"train.iterations": 2}),
+                 r"checkpoint.pt is at step 4, past train.iterations=2; continue with train.iterations >= 4")
+    assert snapshot(run_dir) == before
+    reliability("CLEAR")
+
+
+def test_a_resumed_run_that_breaks_leaves_no_report_of_the_old_finish(tiny_data, tmp_path, monkeypatch, reliability):
+    """The old submission.json described the export at step 2; once training goes on it would claim
+    a finished run that is not there. The old artifact stays."""
+    from pgolf.optim import optimizers as optim_mod
+
+    run_dir = tmp_path / "run"
+    assert train(tiny_data, run_dir, **{"train.iterations": 2}).rc == 0
+    old_artifact = (run_dir / "model.pgolf").read_bytes()
+    real_step = optim_mod.Optimizers.step
+
+    def step(self):
+        real_step(self)
+        with torch.no_grad():
+            self.params[0].fill_(float("nan"))
+
+    monkeypatch.setattr(optim_mod.Optimizers, "step", step)
+    assert_clear(train(tiny_data, run_dir, "--resume", **{"train.iterations": 4}),
+                 r"non-finite .* the last good checkpoint .* is intact")
+    assert not (run_dir / "submission.json").exists()
+    assert (run_dir / "model.pgolf").read_bytes() == old_artifact
+    assert load_checkpoint(run_dir / "checkpoint.pt")["step"] == 2
+    reliability("CLEAR")
+
+
+def test_a_byte_sidecar_of_the_wrong_length_is_refused_before_the_old_run_is_touched(tiny_data, tmp_path,
+                                                                                   reliability):
+    from pgolf.data.shards import write_shard
+
+    run_dir = tmp_path / "run"
+    assert train(tiny_data, run_dir, **{"train.iterations": 2}).rc == 0
+    write_shard(tmp_path / "bytes_000000.bin", np.ones(10, np.uint16))
+    before = snapshot(run_dir)
+    answer = train(tiny_data, run_dir, "--overwrite", **{"train.iterations": 2,
+                                                         "data.val_bytes_glob": str(tmp_path / "bytes_*.bin")})
+    assert_clear(answer, r"val_bytes_glob .* holds 10 byte counts but the validation split .* holds \d+ tokens")
+    assert snapshot(run_dir) == before
+    reliability("CLEAR")
+
+
+def test_a_run_of_the_other_export_scheme_replaces_the_old_artifact(tiny_data, tmp_path, reliability):
+    """--overwrite with quant.scheme=official_int8 over a pgolf-scheme run: the new run's
+    final_model.int8.ptz, and no model.pgolf of the old run beside it."""
+    run_dir = tmp_path / "run"
+    assert train(tiny_data, run_dir, **{"train.iterations": 2}).rc == 0
+    answer = train(tiny_data, run_dir, "--overwrite", **{"train.iterations": 2, "quant.scheme": "official_int8"})
+    assert answer.rc == 0, answer.err
+    assert (run_dir / "final_model.int8.ptz").is_file() and not (run_dir / "model.pgolf").exists()
+    report = json.loads((run_dir / "submission.json").read_text())
+    assert report["bytes_model"] == (run_dir / "final_model.int8.ptz").stat().st_size
     reliability("FINE")

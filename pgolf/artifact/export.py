@@ -20,6 +20,8 @@ from pgolf.model.roles import parameter_roles
 from pgolf.quant.rtn import dequantize_state_dict, quantize_state_dict
 
 SIZE_CAP_BYTES = 16_000_000
+# The file each quant.scheme exports into a run directory.
+ARTIFACT_NAMES = {"pgolf": "model.pgolf", "official_int8": "final_model.int8.ptz"}
 _ROOT = Path(__file__).resolve().parents[2]
 
 
