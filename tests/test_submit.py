@@ -471,6 +471,138 @@ def test_bad_input_is_refused_and_leaves_nothing_behind(run, data, tmp_path, cap
     assert f"{json.loads((out / 'submission.json').read_text())['bytes_code']:,}" in readme
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes): what a refusal must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_deletes_the_run_nor_other_work(run, data, tmp_path):
+    """--out equal to the run directory, above it (directly or through a symbolic link), holding the
+    tokenizer or files submit did not write, or not a folder: refused, and nothing is touched."""
+    par = tmp_path / "par"
+    shutil.copytree(run, par / "r")
+    (par / "important.txt").write_text("keep me")
+    (tmp_path / "link").symlink_to(par, target_is_directory=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "important.txt").write_text("keep me too")
+    (other / "train_gpt.py").write_text("")
+    (tmp_path / "tok").mkdir()
+    shutil.copyfile(data / "tok.model", tmp_path / "tok" / "tok.model")
+    before = snapshot(tmp_path)
+    for run_dir, out, error in [(par / "r", par / "r", "is or holds the run directory"),
+                                (par / "r", par, "is or holds the run directory"),
+                                (tmp_path / "link" / "r", par, "is or holds the run directory"),
+                                (par / "r", tmp_path / "link", "exists and is not a folder"),
+                                (par / "r", par / "important.txt", "exists and is not a folder"),
+                                (par / "r", other, "holds important.txt, which pgolf submit did not write")]:
+        with pytest.raises(SubmitError, match=error):
+            build_submission(run_dir, out, overwrite=True)
+    with pytest.raises(SubmitError, match="is or holds the tokenizer"):
+        build_submission(par / "r", tmp_path / "tok", overwrite=True, tokenizer=str(tmp_path / "tok" / "tok.model"))
+    assert snapshot(tmp_path) == before
+    build_submission(par / "r", tmp_path / "rec")
+    build_submission(par / "r", tmp_path / "rec", overwrite=True)  # a records folder submit wrote is replaced
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == sorted(folder.RECORD_FILES)
+
+
+@pytest.fixture(scope="module")
+def official_run(data, tmp_path_factory) -> Path:
+    """A finished tiny run exported with quant.scheme=official_int8 (final_model.int8.ptz)."""
+    run_dir = tmp_path_factory.mktemp("official_run")
+    run_training(load_config("demo", sets=tiny_sets(data, run_dir, **{"quant.scheme": "official_int8"})), echo=False)
+    return run_dir
+
+
+def test_the_submitted_model_is_the_artifact_of_the_runs_scheme_and_size(run, official_run, tmp_path):
+    """An official_int8 run is submitted with its final_model.int8.ptz, not a stale model.pgolf of an
+    earlier pgolf-scheme run beside it; an artifact whose size is not the scored one is refused."""
+    stale = tmp_path / "stale"
+    shutil.copytree(official_run, stale)
+    shutil.copyfile(run / "model.pgolf", stale / "model.pgolf")
+    ptz = (official_run / "final_model.int8.ptz").stat().st_size
+    assert ptz == json.loads((official_run / "submission.json").read_text())["bytes_model"]
+    for run_dir in (official_run, stale):
+        sub = build_submission(run_dir, tmp_path / f"rec_{run_dir.name}")
+        assert sub.bytes_model == ptz
+        assert json.loads((sub.out / "submission.json").read_text())["bytes_model"] == ptz
+        assert "int8 + zlib (`final_model.int8.ptz`)" in (sub.out / "README.md").read_text()
+    changed = tmp_path / "changed"
+    shutil.copytree(run, changed)
+    with open(changed / "model.pgolf", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(SubmitError, match=r"model.pgolf is [\d,]+ bytes but submission.json scored [\d,]+"):
+        build_submission(changed, tmp_path / "rec_changed")
+
+
+def edited_run(run: Path, dest: Path, *, config: dict | None = None, report: dict | None = None,
+               checkpoint_step: int | None = None) -> Path:
+    """A copy of ``run`` at ``dest`` with ``config`` ({section: {key: value}}) and ``report`` merged into
+    config.json and submission.json, and its checkpoint moved to ``checkpoint_step``."""
+    shutil.copytree(run, dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    for section, values in (config or {}).items():
+        cfg[section].update(values)
+    (dest / "config.json").write_text(json.dumps(cfg))
+    (dest / "submission.json").write_text(json.dumps({**json.loads((dest / "submission.json").read_text()),
+                                                      **(report or {})}))
+    if checkpoint_step is not None:
+        ck = torch.load(dest / "checkpoint.pt", weights_only=False)
+        torch.save({**ck, "step": checkpoint_step}, dest / "checkpoint.pt")
+    return dest
+
+
+def test_run_files_that_disagree_are_refused(run, tmp_path):
+    """The 4-step run resumed with iterations=2 (config rewritten after the export), an interrupted
+    resume towards 3000 iterations (checkpoint past the scored step; or no checkpoint), a damaged
+    checkpoint: each refused naming the disagreement. A wall-clock-capped run short of its
+    iterations is finished."""
+    cases = [
+        ({"config": {"train": {"iterations": 2}}},
+         ("scored step 4 but config.json asks for train.iterations=2: config.json was rewritten after the export; "
+          "restore it with pgolf train --resume --set train.iterations=4")),
+        ({"config": {"train": {"iterations": 3000}}, "checkpoint_step": 121},
+         ("checkpoint.pt is at step 121 but submission.json scored the model at step 4: the run was resumed and has "
+          "not finished; finish it with pgolf train --resume")),
+        ({"config": {"train": {"iterations": 3000}}},  # and no checkpoint (removed below)
+         "asks for train.iterations=3000 .* but submission.json scored step 4: the run has not finished"),
+        ({"config": {"train": {"iterations": 3000}}, "report": {"stop_reason": "wallclock_cap"}},
+         "the run has not finished"),  # stopped by a cap that config.json does not have
+        ({"report": {"stop_reason": "crashed"}}, "stop_reason 'crashed', which pgolf train never writes"),
+    ]
+    for i, (edits, error) in enumerate(cases):
+        dest = edited_run(run, tmp_path / f"run{i}", **edits)
+        if i == 2:
+            (dest / "checkpoint.pt").unlink()
+        with pytest.raises(SubmitError, match=error):
+            build_submission(dest, tmp_path / f"rec{i}")
+    damaged = edited_run(run, tmp_path / "damaged")
+    (damaged / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SubmitError, match="checkpoint .*checkpoint.pt is damaged .*retrain"):
+        build_submission(damaged, tmp_path / "rec_damaged")
+    assert not list(tmp_path.glob("rec*"))
+    capped = edited_run(run, tmp_path / "capped", config={"train": {"iterations": 3000, "max_wallclock_seconds": 600}},
+                        report={"stop_reason": "wallclock_cap"})
+    assert build_submission(capped, tmp_path / "rec_capped").out.is_dir()
+
+
+def test_the_tokenizer_must_be_a_sentencepiece_model_of_the_runs_vocabulary(run, sp8192_path, tmp_path):
+    text = tmp_path / "tok.model"
+    text.write_text("not a tokenizer\n")
+    with pytest.raises(SubmitError, match="tokenizer .*tok.model is not a SentencePiece model"):
+        build_submission(run, tmp_path / "a", tokenizer=str(text))
+    with pytest.raises(SubmitError, match="has 8192 pieces but vocab_size 1024 .*--tokenizer"):
+        build_submission(run, tmp_path / "a", tokenizer=str(sp8192_path))
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_run_directory_that_is_a_file_is_named_so(tmp_path, capsys):
+    (tmp_path / "t.sh").write_text("echo\n")
+    assert cli_main(["submit", str(tmp_path / "t.sh"), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert "t.sh is not a directory" in err and err.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
 def test_minified_triton_kernels_still_compile_from_the_importers_sources(tmp_path):
     """Triton compiles a kernel from its source (inspect.getsource): served from memory and
     minified, Newton-Schulz still equals the torch reference (under TRITON_INTERPRET=1 here)."""
