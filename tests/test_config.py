@@ -59,6 +59,13 @@ def test_official_env_names_map_to_existing_keys():
     (["optim.ns_schedule=cubic"], "optim.ns_schedule: unknown schedule 'cubic'"),
     (["optim.ns_schedule=[[1, 2]]"], "optim.ns_schedule: a custom schedule must be"),
     (["train.kernels=cuda"], "train.kernels must be one of auto, triton, torch"),
+    (["eval.bos_id=1024"], "eval.bos_id=1024 must be a token id below model.vocab_size=1024"),
+    (["eval.bos_id=-1"], "eval.bos_id=-1 must be a token id below model.vocab_size=1024"),
+    (["model.tied_embed_init_std=-1"], "model.tied_embed_init_std must be >= 0, got -1.0"),
+    (["model.tied_embed_init_std=nan"], "model.tied_embed_init_std must be a finite number"),
+    (["train.seed=-1"], "train.seed must be in 0..4294967295"),
+    (["train.seed=4294967296"], "train.seed must be in 0..4294967295"),
+    (["train.run_dir="], "train.run_dir must name a folder, got an empty value"),
 ])
 def test_invalid_values_are_rejected_with_the_key_named(sets, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -71,6 +78,19 @@ def test_vocab_that_does_not_match_the_tokenizer_is_rejected(tokenizer_vocab):
     with pytest.raises(ConfigError, match="model.vocab_size=1024 does not match the tokenizer"):
         cfg.validate(tokenizer_vocab=tokenizer_vocab)
     cfg.validate(tokenizer_vocab=1024)
+
+
+def test_a_bad_official_env_value_names_the_variable():
+    with pytest.raises(ConfigError, match=re.escape("invalid value 'abc' for train.iterations (expected int), from "
+                                                    "the environment variable ITERATIONS")):
+        load_config("baseline", environ={"ITERATIONS": "abc"})
+
+
+def test_an_empty_run_dir_flag_is_refused(capsys):
+    from pgolf.cli import main as cli_main
+
+    assert cli_main(["config", "--run-dir", ""]) == 2
+    assert "train.run_dir must name a folder, got an empty value" in capsys.readouterr().err
 
 
 def test_unknown_preset_and_bad_file(tmp_path):

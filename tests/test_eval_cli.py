@@ -75,7 +75,7 @@ def test_eval_command_scores_every_mode(checkpoint_and_val, capsys, tmp_path):
 def test_pack_rows_flag_packs_and_keeps_the_score(checkpoint_and_val, capsys, monkeypatch):
     """``--pack-rows`` (eval.pack_rows=true) reaches the schedule of ``pgolf eval`` and ``pgolf
     audit``; the doc score stays (per-token agreement is tests/test_eval_packed.py's)."""
-    import pgolf.eval.engine as engine
+    from pgolf.eval import engine
 
     _, common = checkpoint_and_val
     packs, build = [], engine.build_schedule
@@ -136,3 +136,63 @@ def test_final_report_has_one_line_per_mode(tmp_path, capsys):
     lines = {x.split(" ")[0]: x.split(" ", 1)[1] for x in out.splitlines() if "_exact " in x}
     assert lines["final_zlib_roundtrip_exact"] == lines["final_zlib_roundtrip_flat_exact"]
     assert result["val_bpb"] == result["val_bpb_flat"] and result["eval_mode"] == "flat"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--max-tokens", "-100", "argument --max-tokens: must be a whole number >= 0, got '-100'"),
+    ("--positions", "0", "argument --positions: must be a whole number >= 1, got '0'"),
+    ("--positions", "-2", "argument --positions: must be a whole number >= 1, got '-2'"),
+    ("--seed", "-1", "argument --seed: must be a whole number >= 0, got '-1'"),
+    ("--tolerance", "nan", "argument --tolerance: must be a finite number >= 0.0, got 'nan'"),
+    ("--tolerance", "-1", "argument --tolerance: must be a finite number >= 0.0, got '-1'"),
+])
+def test_audit_flags_out_of_range_are_refused_naming_the_flag(checkpoint_and_val, capsys, flag, value, message):
+    _, common = checkpoint_and_val
+    with pytest.raises(SystemExit) as e:
+        cli_main(["audit", *common, flag, value])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_eval_bos_id_outside_the_vocabulary_is_a_config_error(checkpoint_and_val, capsys):
+    _, common = checkpoint_and_val
+    assert cli_main(["eval", *common, "--mode", "doc", "--chunk", "8", "--set", "eval.bos_id=99999"]) == 2
+    assert "eval.bos_id=99999 must be a token id below model.vocab_size" in capsys.readouterr().err
+
+
+def test_per_token_out_that_is_a_folder_is_refused_before_scoring(checkpoint_and_val, capsys, tmp_path, monkeypatch):
+    from pgolf.eval import modes
+
+    _, common = checkpoint_and_val
+    monkeypatch.setattr(modes, "evaluate_modes", lambda *a, **k: pytest.fail("scored before refusing"))
+    assert cli_main(["eval", *common, "--per-token-out", str(tmp_path)]) == 1
+    assert f"--per-token-out {tmp_path} is a folder; give a file name" in capsys.readouterr().err
+    assert cli_main(["audit", *common, "--json", str(tmp_path)]) == 1
+    assert f"--json {tmp_path} is a folder; give a file name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"WORLD_SIZE": "abc", "RANK": "0"}, "environment variable WORLD_SIZE='abc' must be a whole number >= 1"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "environment variable RANK='2' must be a whole number 0..1"),
+    ({"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "x"}, "environment variable LOCAL_RANK='x' must be a whole number"),
+])
+def test_bad_torchrun_variables_are_named(checkpoint_and_val, capsys, monkeypatch, environ, message):
+    from pgolf.util.device import DistEnv
+
+    _, common = checkpoint_and_val
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert cli_main(["eval", *common]) == 1
+    assert message in capsys.readouterr().err
+    assert DistEnv.from_environ({"WORLD_SIZE": "2", "RANK": "1"}) == DistEnv(1, 2, 0)
+
+
+def test_eval_refuses_shards_the_manifest_lists_as_training(tiny_data, tmp_path, capsys):
+    """Training refuses a train glob that matches validation shards; eval refuses the mirror case."""
+    cfg = RunConfig()
+    cfg.model = ModelConfig(vocab_size=512, num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1)
+    save_checkpoint(tmp_path / "checkpoint.pt", {"model": GPT(cfg.model).state_dict(), "config": cfg.to_dict(),
+                                                 "step": 0})
+    rc = cli_main(["eval", "--preset", "demo", "--checkpoint", str(tmp_path / "checkpoint.pt"),
+                   "--tokenizer", str(tiny_data / "tokenizer.model"), "--val-glob", str(tiny_data / "train_*.bin")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "train_000000.bin is a training shard (its manifest says so)" in err, err

@@ -10,7 +10,7 @@ import pgolf.data.shards as shards
 from pgolf.cli import main as cli_main
 from pgolf.config import ModelConfig, RunConfig
 from pgolf.data.shards import write_shard
-from pgolf.eval.tune_cache import held_out_training_tokens
+from pgolf.eval.tune_cache import held_out_training_tokens, tune_cache
 from pgolf.model.gpt import GPT
 from pgolf.train.checkpoint import save_checkpoint
 
@@ -77,3 +77,27 @@ def test_tune_cache_refuses_a_mode_without_cache(run_dir, capsys):
     _, common = run_dir
     assert cli_main(["tune-cache", *common, "--mode", "doc", "--tokens", "50"]) == 1
     assert "tune-cache scores a cache mode (e.g. cache, flat+cache), got 'doc'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--theta="], "argument --theta: must be a comma-separated list of at least one number, got ''"),
+    (["--lam", ","], "argument --lam: must be a comma-separated list of at least one number, got ','"),
+    (["--window", "16,x"], "argument --window: must be a comma-separated list of at least one whole number"),
+    (["--tokens", "0"], "argument --tokens: must be a whole number >= 1, got '0'"),
+])
+def test_tune_cache_refuses_bad_flags_naming_them(run_dir, capsys, flags, message):
+    _, common = run_dir
+    with pytest.raises(SystemExit) as e:
+        cli_main(["tune-cache", *common, *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_tune_cache_checks_the_grid_and_out_before_scoring(run_dir, capsys, monkeypatch):
+    d, common = run_dir
+    monkeypatch.setattr("pgolf.eval.tune_cache.evaluate_geometry", lambda *a, **k: pytest.fail("scored"))
+    assert cli_main(["tune-cache", *common, "--tokens", "50", "--theta", "1,-1"]) == 2
+    assert "cache.theta must be a finite number > 0, got -1.0" in capsys.readouterr().err
+    assert cli_main(["tune-cache", *common, "--tokens", "50", "--out", str(d)]) == 1
+    assert f"--out {d} is a folder; give a file name" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="at least one theta, one lam and one window"):
+        tune_cache(None, None, None, RunConfig(), "cache", thetas=[], lams=[0.1], windows=[16], device="cpu")

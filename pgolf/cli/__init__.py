@@ -27,7 +27,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _resolve(args: argparse.Namespace) -> RunConfig:
-    sets = list(args.sets) + ([f"train.run_dir={args.run_dir}"] if args.run_dir else [])
+    sets = list(args.sets) + ([f"train.run_dir={args.run_dir}"] if args.run_dir is not None else [])
     return load_config(args.preset, file=args.config, environ=os.environ, sets=sets)
 
 

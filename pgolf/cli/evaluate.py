@@ -6,10 +6,31 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pgolf.config import EVAL_MODES, PREDICTORS, RunConfig
+
+
+def at_least(kind: type, low: float) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` (``int`` or ``float``) >= ``low`` (argparse names the flag)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value >= low):
+            raise argparse.ArgumentTypeError(f"must be a {'whole' if kind is int else 'finite'} number >= {low}, "
+                                             f"got {text!r}")
+        return value
+    return parse
+
+
+def refuse_folder(flag: str, path: str | None) -> None:
+    """Refuse an output ``path`` that is a folder before any work, not when the result is written."""
+    if path and os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a folder; give a file name to write")
 
 
 def add_source_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,7 +116,13 @@ def load_for_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> Loaded:
     import numpy as np
     import torch
 
-    from pgolf.data.identity import check_dataset, check_tokenizer, tokenizer_identity
+    from pgolf.data.identity import (
+        Dataset,
+        check_dataset,
+        check_disjoint,
+        check_tokenizer,
+        tokenizer_identity,
+    )
     from pgolf.data.shards import load_tokens
     from pgolf.data.tokenizer import byte_table, load_tokenizer
     from pgolf.pipeline import check_val_size
@@ -121,11 +148,20 @@ def load_for_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> Loaded:
     tok = tokenizer_identity(tokenizer, vocab)
     check_tokenizer(record.get("tokenizer"), tok, what=source)  # the more telling refusal comes first
     cfg.validate(tokenizer_vocab=vocab)
-    check_dataset(val_glob, tok, verify=cfg.data.verify_manifest, small_val_split=cfg.data.small_val_split)
+    val_set = check_dataset(val_glob, tok, verify=cfg.data.verify_manifest, small_val_split=cfg.data.small_val_split)
+    check_disjoint(Dataset("", (), {}, {}, True), val_set)  # training's check of the val side: no train shards
     tokens = torch.from_numpy(load_tokens(val_glob, vocab_size=vocab).astype(np.int64))
     check_val_size(len(tokens), seq_len, val_glob)
     byte_counts = torch.from_numpy(load_tokens(bytes_glob).astype(np.int64)) if bytes_glob else None
     return Loaded(cfg, model, tokens, byte_table(sp, cfg.model.vocab_size), byte_counts, device, load_seconds)
+
+
+def per_token_paths(out: str | None, modes: list[str]) -> dict[str, str]:
+    """Where ``--per-token-out`` puts each mode's per-token scores: ``out`` itself for one mode, else
+    ``out.MODE``; none without it."""
+    if not out:
+        return {}
+    return {mode: out if len(modes) == 1 else f"{out}.{mode}" for mode in modes}
 
 
 def run_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
@@ -136,6 +172,9 @@ def run_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
     from pgolf.eval.modes import evaluate_modes, result_lines
     from pgolf.util.device import pick_device
 
+    per_token = per_token_paths(args.per_token_out, cfg.eval_modes())
+    for path in per_token.values():
+        refuse_folder("--per-token-out", path)
     if env.distributed and not dist.is_initialized():
         device = pick_device(cfg.train.device, env)
         if device.type == "cuda":
@@ -156,11 +195,9 @@ def run_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
             for line in result_lines(results, "eval", x.load_seconds):
                 if "_exact " not in line:  # the time split; the scores are printed above
                     print(line)
-            if args.per_token_out:
-                for mode, r in results.items():
-                    path = args.per_token_out if len(results) == 1 else f"{args.per_token_out}.{mode}"
-                    r.record.write(path, x.tokens)
-                    print(f"per-token scores of mode {mode}: {path}")
+            for mode, path in per_token.items():
+                results[mode].record.write(path, x.tokens)
+                print(f"per-token scores of mode {mode}: {path}")
     finally:
         if dist.is_initialized():
             dist.barrier()
@@ -176,6 +213,7 @@ def run_audit(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
 
     if env.distributed:
         raise ValueError("pgolf audit runs in one process; drop torchrun")
+    refuse_folder("--json", args.json)
     x = load_for_eval(args, cfg, env)
     x.model.eval()
     tokens = x.tokens[: args.max_tokens + 1] if args.max_tokens else x.tokens
@@ -202,10 +240,11 @@ def add_arguments(eval_parser: argparse.ArgumentParser, audit_parser: argparse.A
     eval_parser.add_argument("--per-token-out", metavar="FILE",
                              help="write position, target, nll, bytes, seq of every scored token (TSV)")
     add_source_arguments(audit_parser)
-    audit_parser.add_argument("--max-tokens", type=int, default=8192,
+    audit_parser.add_argument("--max-tokens", type=at_least(int, 0), default=8192,
                               help="audit the first N validation targets (0: all; each check reruns the eval)")
-    audit_parser.add_argument("--positions", type=int, default=6, help="positions to change (causality checks)")
-    audit_parser.add_argument("--seed", type=int, default=0)
-    audit_parser.add_argument("--tolerance", type=float, default=0.0,
+    audit_parser.add_argument("--positions", type=at_least(int, 1), default=6,
+                              help="positions to change (causality checks)")
+    audit_parser.add_argument("--seed", type=at_least(int, 0), default=0)
+    audit_parser.add_argument("--tolerance", type=at_least(float, 0.0), default=0.0,
                               help="allowed score difference (0 = bitwise, right on a CPU; set one for GPU runs)")
     audit_parser.add_argument("--json", metavar="FILE", help="also write the verdicts as JSON")

@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pgolf.cli.evaluate import at_least
 from pgolf.config import RunConfig
 
 
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
+def _grid(kind: type) -> Callable[[str], list]:
+    """An argparse type: a comma-separated list of at least one ``kind`` (argparse names the flag)."""
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if not values:
+            raise argparse.ArgumentTypeError(f"must be a comma-separated list of at least one "
+                                             f"{'whole ' if kind is int else ''}number, got {text!r}")
+        return values
+    return parse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,23 +37,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--artifact", help="an artifact (model.pgolf) written by pgolf train")
     p.add_argument("--tokenizer", help="SentencePiece model (default: the preset's data.tokenizer)")
     p.add_argument("--mode", default="cache", help="the cache mode to tune (default: cache, i.e. doc+cache)")
-    p.add_argument("--tokens", type=int, default=32768,
+    p.add_argument("--tokens", type=at_least(int, 1), default=32768,
                    help="targets taken from the end of the last training shard (keep them out of training)")
-    p.add_argument("--theta", type=_floats, default=[1.0, 3.0, 10.0], help="comma-separated thetas to try")
-    p.add_argument("--lam", type=_floats, default=[0.02, 0.05, 0.1, 0.2], help="comma-separated lams to try")
-    p.add_argument("--window", type=_ints, default=[256, 1024, 4096], help="comma-separated windows to try")
+    p.add_argument("--theta", type=_grid(float), default=[1.0, 3.0, 10.0], help="comma-separated thetas to try")
+    p.add_argument("--lam", type=_grid(float), default=[0.02, 0.05, 0.1, 0.2], help="comma-separated lams to try")
+    p.add_argument("--window", type=_grid(int), default=[256, 1024, 4096], help="comma-separated windows to try")
     p.add_argument("--out", help="config JSON to write cache.* into (default: config.json beside the model)")
 
 
 def run(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
     """Tune on the training slice, print the grid, write the best values into ``--out``."""
-    from pgolf.cli.evaluate import load_model
+    from pgolf.cli.evaluate import load_model, refuse_folder
     from pgolf.data.tokenizer import byte_table, load_tokenizer
     from pgolf.eval.tune_cache import held_out_training_tokens, tune_cache
     from pgolf.util.atomic import atomic_write_text
 
     if env.distributed:
         raise ValueError("pgolf tune-cache runs in one process; drop torchrun")
+    refuse_folder("--out", args.out)
     cfg.set("eval.mode", args.mode)
     model, device, _, _, _ = load_model(args, cfg, env)
     model.eval()

@@ -63,8 +63,12 @@ def load_config(preset: str = "baseline", *, file: str | Path | None = None,
             raise ConfigError(f"config file {path} must hold a JSON object of sections ({{\"train\": {{...}}}}), "
                               f"got a {type(data).__name__}")
         cfg.update(data)
+    env_names = {key: name for name, key in ENV_OVERRIDES.items()}
     for key, value in env_overrides(environ or {}).items():
-        cfg.set(key, value)
+        try:
+            cfg.set(key, value)
+        except ConfigError as e:
+            raise ConfigError(f"{e}, from the environment variable {env_names.get(key, 'DATA_PATH')}") from None
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep:

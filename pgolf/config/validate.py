@@ -54,6 +54,7 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
         "train.checkpoint_every": t.checkpoint_every, "optim.muon_weight_decay": o.muon_weight_decay,
         "optim.grad_clip_norm": o.grad_clip_norm, "optim.muon_momentum_warmup_steps": o.muon_momentum_warmup_steps,
         "quant.keep_float_max_numel": q.keep_float_max_numel, "train.global_micro_batches": t.global_micro_batches,
+        "model.tied_embed_init_std": m.tied_embed_init_std,
     }
     for key, v in non_negative.items():
         if v < 0:
@@ -97,6 +98,11 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
     for key in ("clip_sigma", "qat_temperature_start", "qat_temperature_end"):
         if not getattr(q, key) > 0:
             raise ConfigError(f"quant.{key} must be > 0, got {getattr(q, key)}")
+    if not 0 <= t.seed < 2**32:
+        raise ConfigError(f"train.seed must be in 0..{2**32 - 1} (numpy's seed range), got {t.seed}")
+    if not t.run_dir.strip():
+        raise ConfigError("train.run_dir must name a folder, got an empty value (it would write into the current "
+                          "folder); e.g. train.run_dir=runs/latest")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device):
         raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {t.device!r}")
     if t.global_micro_batches and t.train_batch_tokens % (t.global_micro_batches * t.seq_len):
@@ -129,7 +135,8 @@ def validate_run(cfg: Any, *, tokenizer_vocab: int | None = None) -> None:
 
 
 def validate_eval(cfg: Any) -> None:
-    """``eval.*``: known modes, positive sizes, the stride (sliding) and chunk (doc) within the window."""
+    """``eval.*``: known modes, positive sizes, the stride (sliding) and chunk (doc) within the window, a BOS id
+    within the model's vocabulary."""
     e = cfg.eval
     modes = cfg.eval_modes()
     if not modes or len(set(modes)) != len(modes):
@@ -146,9 +153,11 @@ def validate_eval(cfg: Any) -> None:
     for key in ("stride", "chunk", "batch_docs"):
         if getattr(e, key) <= 0:
             raise ConfigError(f"eval.{key} must be positive, got {getattr(e, key)}")
-    for key in ("window", "batch_tokens", "bos_id", "max_seconds"):
+    for key in ("window", "batch_tokens", "max_seconds"):
         if getattr(e, key) < 0:
             raise ConfigError(f"eval.{key} must be >= 0, got {getattr(e, key)}")
+    if not 0 <= e.bos_id < cfg.model.vocab_size:
+        raise ConfigError(f"eval.bos_id={e.bos_id} must be a token id below model.vocab_size={cfg.model.vocab_size}")
     window = cfg.eval_window()
     for key, mode in (("stride", "sliding"), ("chunk", "doc")):
         if mode in geometries and getattr(e, key) > window:

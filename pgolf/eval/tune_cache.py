@@ -49,19 +49,24 @@ class TuneResult:
 def tune_cache(model: GPT, tokens: torch.Tensor, table: ByteTable, cfg: RunConfig, mode: str, *,
                thetas: Sequence[float], lams: Sequence[float], windows: Sequence[int],
                device: torch.device) -> TuneResult:
-    """Score ``tokens`` in ``mode`` (which must stack ``cache``) for each ``(theta, lam, window)``."""
+    """Score ``tokens`` in ``mode`` (which must stack ``cache``) for each ``(theta, lam, window)``; every
+    point is validated (:class:`ConfigError` naming the ``cache.*`` key) before anything is scored."""
     if "cache" not in split_mode(mode)[1]:
         raise ValueError(f"tune-cache scores a cache mode (e.g. cache, flat+cache), got {mode!r}")
+    trials = {}
+    for theta, lam, window in itertools.product(thetas, lams, windows):
+        trial = copy.deepcopy(cfg)
+        trial.cache.theta, trial.cache.lam, trial.cache.window = float(theta), float(lam), int(window)
+        trials[(float(theta), float(lam), int(window))] = trial.validate()
+    if not trials:
+        raise ValueError("tune-cache needs at least one theta, one lam and one window to try")
     geometry = geometry_for(cfg, mode)
     kw = dict(byte_counts=None, device=device, batch_tokens=cfg.eval.batch_tokens or cfg.train.val_batch_size,
               batch_lanes=cfg.eval.batch_docs)
     plain_mode = "+".join([split_mode(mode)[0], *(n for n in split_mode(mode)[1] if n != "cache")])
     plain = evaluate_geometry(geometry, predictor_for(cfg, plain_mode, model, device), tokens, table, **kw)
     result = TuneResult(mode=mode, plain_bpb=plain.score.bpb)
-    for theta, lam, window in itertools.product(thetas, lams, windows):
-        trial = copy.deepcopy(cfg)
-        trial.cache.theta, trial.cache.lam, trial.cache.window = float(theta), float(lam), int(window)
-        trial.validate()
+    for point, trial in trials.items():
         res = evaluate_geometry(geometry, predictor_for(trial, mode, model, device), tokens, table, **kw)
-        result.scores[(float(theta), float(lam), int(window))] = res.score.bpb
+        result.scores[point] = res.score.bpb
     return result

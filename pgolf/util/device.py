@@ -20,10 +20,12 @@ class DistEnv:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> "DistEnv":
-        """``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` when torchrun set them, else one process."""
-        if "RANK" in environ and "WORLD_SIZE" in environ:
-            return cls(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0)))
-        return cls()
+        """``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` when torchrun set them, else one process; a value
+        that is not a whole number, or a rank outside the world, raises ``ValueError`` naming the variable."""
+        if "RANK" not in environ or "WORLD_SIZE" not in environ:
+            return cls()
+        world_size = _env_int(environ, "WORLD_SIZE", 1)
+        return cls(_env_int(environ, "RANK", 0, world_size - 1), world_size, _env_int(environ, "LOCAL_RANK", 0))
 
     @property
     def distributed(self) -> bool:
@@ -32,6 +34,21 @@ class DistEnv:
     @property
     def master(self) -> bool:
         return self.rank == 0
+
+
+def _env_int(environ: Mapping[str, str], name: str, low: int, high: int | None = None) -> int:
+    """The environment variable ``name`` (0 when unset) as a whole number in ``low..high``."""
+    text = environ.get(name, "0")
+    value: int | None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        allowed = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"environment variable {name}={text!r} must be a whole number {allowed} (torchrun sets "
+                         "RANK, WORLD_SIZE and LOCAL_RANK; unset them to run one process)")
+    return value
 
 
 class DeviceError(ValueError):
