@@ -6,8 +6,9 @@ CPU smoke run in float32 at odd vocabularies.
 
 Contenders (each returns the mean loss and ``dl`` in the logits' dtype):
 
-* ``torch eager`` (baseline): ``F.cross_entropy(30 * torch.tanh(l.float() / 30), y)``, the model's
-  current loss; it materialises float32 copies of the logits.
+* ``torch eager`` (baseline): ``F.cross_entropy((30 * torch.tanh(l / 30)).float(), y)``, the model's
+  ``model.loss_impl=torch`` loss (:func:`pgolf.model.loss.softcap` in the logits' dtype, then float32:
+  train_gpt.py's order of roundings); it materialises a capped copy and a float32 copy of the logits.
 * ``torch.compile``: the same function under ``torch.compile(fullgraph=True)``.
 * ``pgolf triton``: :func:`triton_kernels.softcap_ce.softcap_cross_entropy` with
   ``check_targets=False`` (the range check is a host sync; under ``torch.compile`` it is skipped
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import Benchmark, Case, Contender
+from pgolf.model.loss import softcap
 from triton_kernels._dispatch import triton_unavailable
 from triton_kernels.softcap_ce import softcap_ce_reference, softcap_cross_entropy
 
@@ -70,7 +72,7 @@ def _loss_and_grad(loss_fn, logits, targets):
 
 
 def _eager_loss(logits, targets):
-    return F.cross_entropy(SOFTCAP * torch.tanh(logits.float() / SOFTCAP), targets)
+    return F.cross_entropy(softcap(logits, SOFTCAP).float(), targets)
 
 
 def torch_eager(logits, targets):
@@ -120,13 +122,14 @@ def reference(logits, targets):
 
 
 def check(out, ref) -> str | None:
-    """Loss and gradient within 1e-5 (float32) or 1e-2 (a 16-bit result: one bf16 rounding is 2^-9
-    relative) of the reference; the loss relative to max(1, |ref|), the gradient's max error relative
-    to max |ref|."""
+    """Loss and gradient within 1e-5 of the reference for float32 logits; for 16-bit logits (the
+    gradient comes back in their dtype) the loss within 5e-3 (the baseline caps in bf16: up to
+    2^-9 of each capped logit) and the gradient within 1e-2 (one bf16 rounding). The loss relative to
+    max(1, |ref|), the gradient's max error relative to max |ref|."""
     (loss, grad), (ref_loss, ref_grad) = out, ref
     if loss.shape != () or grad.shape != ref_grad.shape:
         return f"shapes: loss {tuple(loss.shape)}, grad {tuple(grad.shape)} (want (), {tuple(ref_grad.shape)})"
-    tol = 1e-5 if loss.dtype == torch.float32 else 1e-2
+    tol = 1e-5 if grad.dtype == torch.float32 else 5e-3
     if not abs(loss.item() - ref_loss.item()) / max(1.0, abs(ref_loss.item())) < tol:
         return f"loss {loss.item():.6g} ({loss.dtype}) vs {ref_loss.item():.6g}, tolerance {tol}"
     tol = 1e-5 if grad.dtype == torch.float32 else 1e-2
