@@ -12,7 +12,9 @@ and one byte per value or ``bits``-packed (pgolf.codec.pack_bits) bytes of all t
 concatenated, through zstd-22, brotli-11 and lzma-9e. Floors (order-0 empirical entropy, no
 table cost): per row group (the groups the rANS encoder chose, in its joint or own streams), per
 tensor, and joint (one distribution for all codes of the case). All timings are single-threaded
-wall seconds in this process. Refuses to run on an extension older than its csrc/ sources.
+wall seconds in this process; a packed layout's encode includes the packing and its decode the
+unpacking, as rANS's decode returns the codes. The speed target is checked on the measured count
+(at least 36M values), not scaled to it. Refuses to run on an extension older than its csrc/ sources.
 """
 from __future__ import annotations
 
@@ -187,14 +189,17 @@ def run_case(name: str, bits: int, tensors: Tensors, methods: list[str]) -> list
 
     rows = [row("pgolf-rans", rans_bytes, enc_s, dec_s)]
     raw = b"".join(c.tobytes() for c in codes)
-    packed, pack_s = timed(lambda: b"".join(codec.pack_bits(c, bits) for c in codes))
-    for layout, data, extra in (("bytes", raw, 0.0), (f"packed{bits}", packed, pack_s)):
+    parts, pack_s = timed(lambda: [codec.pack_bits(c, bits) for c in codes])
+    packed = b"".join(parts)
+    # a packed layout's decode is the decompression and then the unpacking of every tensor's bits
+    _, unpack_s = timed(lambda: [codec.unpack_bits(p, bits, c.size) for p, c in zip(parts, codes)])
+    for layout, data, extra, extra_d in (("bytes", raw, 0.0, 0.0), (f"packed{bits}", packed, pack_s, unpack_s)):
         for cname in methods:
             comp, decomp = COMPRESSORS[cname]
             blob, e = timed(comp, data)
             back, d = timed(decomp, blob)
             assert back == data, f"{name}: {cname} round trip failed"
-            rows.append(row(f"{layout}+{cname}", len(blob), e + extra, d))
+            rows.append(row(f"{layout}+{cname}", len(blob), e + extra, d + extra_d))
     return rows
 
 
@@ -332,9 +337,9 @@ def check_targets(rows: list, packs: list[dict], speed: dict) -> list[tuple[str,
     for q in packs:
         checks.append((f"int{q['bits']}: pack {q['pack_GBps']:.2f} and unpack {q['unpack_GBps']:.2f} GB/s >= 1",
                        min(q["pack_GBps"], q["unpack_GBps"]) >= 1.0))
-    scale = 36e6 / speed["values"]
-    checks.append((f"rANS on 36M values: encode {speed['encode_s'] * scale:.2f} s, decode "
-                   f"{speed['decode_s'] * scale:.2f} s, each < 2", max(speed["encode_s"], speed["decode_s"]) * scale < 2))
+    big = speed["values"] >= 36e6  # the goal's size is a floor: more values only make the check harder
+    checks.append((f"rANS on {speed['values'] / 1e6:.1f}M values (goal: 36M): encode {speed['encode_s']:.2f} s, decode "
+                   f"{speed['decode_s']:.2f} s, each < 2", big and max(speed["encode_s"], speed["decode_s"]) < 2))
     return checks
 
 
