@@ -13,7 +13,9 @@ the two is not measured here. Activations are bf16 on a GPU (the record's autoca
 Each contender clones the adapter parameters and optimizer state it is given (so every call starts from the
 same state; the clone is timed, and costs the AdamW contenders more because AdamW keeps ``exp_avg`` too),
 runs the forward, ``torch.autograd.backward`` with the upstream gradients (into ``.grad`` of the adapters
-and of the activations), and one optimizer step; it returns the parameter update and the activation gradients. Contenders:
+and of the activations), and one optimizer step; it returns the parameter update (one subtraction over
+all adapter parameters: per matrix for the per-matrix contenders, which also build their
+``torch.optim.AdamW`` and its state in the timed call) and the activation gradients. Contenders:
 
 * ``record_bmm_adamw``: the record's approach: ``F.linear`` base + ``torch.bmm`` shrink and expand on
   bf16 copies of the fp32 adapters, one parameter per adapter matrix, ``torch.optim.AdamW(betas=(0, 0.99),
@@ -112,10 +114,9 @@ def _per_matrix_step(acts, weights, dys, flat, v, layout, product):
         opt.state[p] = {"step": torch.tensor(float(STEP), device=p.device if opt.defaults["fused"] else "cpu"),
                         "exp_avg": torch.zeros_like(p), "exp_avg_sq": vp.contiguous()}  # a copy: vp is a strided view
     opt.step()
-    with torch.no_grad():
-        new = torch.cat([p.detach().reshape(p.shape[0], -1) for p in params[0::2]]
-                        + [p.detach().reshape(p.shape[0], -1) for p in params[1::2]], dim=1)
-    return new - flat, tuple(grads[len(params):])
+    with torch.no_grad():  # the update per matrix (A_0, B_0, A_1, ...): one subtraction, as pgolf_triton's
+        update = [p.detach() - f for p, f in zip(params, [t for pair in layout.views(flat) for t in pair])]
+    return update, tuple(grads[len(params):])
 
 
 def record_bmm_adamw(acts, weights, dys, flat, v, layout):
@@ -165,9 +166,19 @@ def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
+def _flat_update(update) -> torch.Tensor:
+    """A contender's update as one ``(D, numel)`` tensor of the layout: the per-matrix list of the
+    per-matrix contenders (``A_0, B_0, A_1, ...``) put in layout order here, outside the timed call."""
+    if isinstance(update, torch.Tensor):
+        return update
+    return torch.cat([t.reshape(t.shape[0], -1) for t in update[0::2]]
+                     + [t.reshape(t.shape[0], -1) for t in update[1::2]], dim=1)
+
+
 def check(out, ref) -> str | None:
     """Relative RMS error of the parameter update and of each activation gradient against the float32 step."""
     (upd, dxs), (upd_ref, dxs_ref) = out, ref
+    upd = _flat_update(upd)
     tol = 1e-4 if dxs[0].dtype == torch.float32 else 5e-2
     for name, a, b in (("update", upd, upd_ref), *((f"dx{i}", a, b) for i, (a, b) in enumerate(zip(dxs, dxs_ref)))):
         if a.shape != b.shape:
