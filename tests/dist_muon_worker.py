@@ -52,6 +52,7 @@ def main(out_path: str) -> None:
     if not dist.is_initialized() or dist.get_rank() == 0:
         torch.save(result, out_path)
     if dist.is_initialized():
+        dist.barrier()  # no rank tears gloo down while another still uses it (a race that aborts the peer)
         dist.destroy_process_group()
 
 
