@@ -66,12 +66,12 @@ def test_config_files_of_the_wrong_shape_are_refused(content, message, tmp_path,
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--num-val-docs", "0"], r"argument --num-val-docs: must be at least 1, got 0"),
-    (["--num-val-docs", "-3"], r"argument --num-val-docs: must be at least 1, got -3"),
-    (["--shard-tokens", "0"], r"argument --shard-tokens: must be at least 1"),
-    (["--vocab-size", "-1"], r"argument --vocab-size: must be at least 1"),
-    (["--max-docs", "0"], r"argument --max-docs: must be at least 1"),
-    (["--num-val-docs", "ten"], r"argument --num-val-docs: expected a whole number, got 'ten'"),
+    (["--num-val-docs", "0"], r"argument --num-val-docs: must be a whole number >= 1, got '0'"),
+    (["--num-val-docs", "-3"], r"argument --num-val-docs: must be a whole number >= 1, got '-3'"),
+    (["--shard-tokens", "0"], r"argument --shard-tokens: must be a whole number >= 1"),
+    (["--vocab-size", "-1"], r"argument --vocab-size: must be a whole number >= 1"),
+    (["--max-docs", "0"], r"argument --max-docs: must be a whole number >= 1"),
+    (["--num-val-docs", "ten"], r"argument --num-val-docs: must be a whole number >= 1, got 'ten'"),
 ])
 def test_data_counts_are_checked_where_they_enter(args, message, tmp_path, reliability):
     answer = pgolf("data", "--embedded", "--out", str(tmp_path / "out"), *args)

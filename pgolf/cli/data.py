@@ -6,21 +6,18 @@ import itertools
 import sys
 from typing import Any
 
-from pgolf.data.build import (DataError, build_dataset, build_embedded_dataset, read_documents, staged,
-                              val_doc_count, write_dataset)
+from pgolf.cli.args import at_least
+from pgolf.data.build import (
+    DataError,
+    build_dataset,
+    build_embedded_dataset,
+    read_documents,
+    staged,
+    val_doc_count,
+    write_dataset,
+)
 from pgolf.data.shards import ShardError
 from pgolf.data.tokenizer import TokenizerError, train_tokenizer
-
-
-def _positive(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,14 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", metavar="PATH", help="an existing SentencePiece model")
     parser.add_argument("--train-tokenizer", action="store_true",
                         help="train a BPE tokenizer on the training documents into OUT/tokenizer.model")
-    parser.add_argument("--vocab-size", type=_positive, metavar="N",
+    parser.add_argument("--vocab-size", type=at_least(int, 1), metavar="N",
                         help="tokenizer vocabulary (required with --train-tokenizer; checked with --tokenizer; "
                              "--embedded default 512)")
-    parser.add_argument("--num-val-docs", type=_positive, default=50_000, metavar="N",
+    parser.add_argument("--num-val-docs", type=at_least(int, 1), default=50_000, metavar="N",
                         help="the first N documents are validation (default 50000; small corpora use 1 in 10)")
-    parser.add_argument("--shard-tokens", type=_positive, default=100_000_000, metavar="N",
+    parser.add_argument("--shard-tokens", type=at_least(int, 1), default=100_000_000, metavar="N",
                         help="tokens per shard (default 100000000)")
-    parser.add_argument("--max-docs", type=_positive, metavar="N", help="--embedded: keep only the first N documents")
+    parser.add_argument("--max-docs", type=at_least(int, 1), metavar="N", help="--embedded: keep only the first N documents")
     parser.add_argument("--no-progress", action="store_true", help="never draw a progress bar")
 
 

@@ -6,31 +6,11 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pgolf.cli.args import at_least, refuse_folder
 from pgolf.config import EVAL_MODES, PREDICTORS, RunConfig
-
-
-def at_least(kind: type, low: float) -> Callable[[str], Any]:
-    """An argparse type: a finite ``kind`` (``int`` or ``float``) >= ``low`` (argparse names the flag)."""
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value >= low):
-            raise argparse.ArgumentTypeError(f"must be a {'whole' if kind is int else 'finite'} number >= {low}, "
-                                             f"got {text!r}")
-        return value
-    return parse
-
-
-def refuse_folder(flag: str, path: str | None) -> None:
-    """Refuse an output ``path`` that is a folder before any work, not when the result is written."""
-    if path and os.path.isdir(path):
-        raise ValueError(f"{flag} {path} is a folder; give a file name to write")
 
 
 def add_source_arguments(p: argparse.ArgumentParser) -> None:
@@ -117,10 +97,9 @@ def load_for_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> Loaded:
     import torch
 
     from pgolf.data.identity import (
-        Dataset,
         check_dataset,
-        check_disjoint,
         check_tokenizer,
+        check_val_split,
         tokenizer_identity,
     )
     from pgolf.data.shards import load_tokens
@@ -149,7 +128,7 @@ def load_for_eval(args: argparse.Namespace, cfg: RunConfig, env: Any) -> Loaded:
     check_tokenizer(record.get("tokenizer"), tok, what=source)  # the more telling refusal comes first
     cfg.validate(tokenizer_vocab=vocab)
     val_set = check_dataset(val_glob, tok, verify=cfg.data.verify_manifest, small_val_split=cfg.data.small_val_split)
-    check_disjoint(Dataset("", (), {}, {}, True), val_set)  # training's check of the val side: no train shards
+    check_val_split(val_set)
     tokens = torch.from_numpy(load_tokens(val_glob, vocab_size=vocab).astype(np.int64))
     check_val_size(len(tokens), seq_len, val_glob)
     byte_counts = torch.from_numpy(load_tokens(bytes_glob).astype(np.int64)) if bytes_glob else None

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pgolf.cli.evaluate import at_least
+from pgolf.cli.args import at_least, refuse_folder
 from pgolf.config import RunConfig
 
 
@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: RunConfig, env: Any) -> int:
     """Tune on the training slice, print the grid, write the best values into ``--out``."""
-    from pgolf.cli.evaluate import load_model, refuse_folder
+    from pgolf.cli.evaluate import load_model
     from pgolf.data.tokenizer import byte_table, load_tokenizer
     from pgolf.eval.tune_cache import held_out_training_tokens, tune_cache
     from pgolf.util.atomic import atomic_write_text

@@ -160,10 +160,7 @@ def check_disjoint(train: Dataset, val: Dataset) -> None:
         if train.splits.get(r) == "val":
             raise DataError(f"shard {f} is a validation shard (its manifest says so) but data.train_glob "
                             f"{train.pattern!r} matches it; point data.train_glob at the train shards")
-    for f in val.files:
-        if val.splits.get(f.resolve()) == "train":
-            raise DataError(f"shard {f} is a training shard (its manifest says so) but data.val_glob "
-                            f"{val.pattern!r} matches it; point data.val_glob at the val shards")
+    check_val_split(val)
     sizes: dict[int, list[Path]] = {}
     for f in val.files:
         sizes.setdefault(f.stat().st_size, []).append(f.resolve())
@@ -176,6 +173,14 @@ def check_disjoint(train: Dataset, val: Dataset) -> None:
             if _content_sha(v, val) == digest:
                 raise DataError(f"training shard {f} has the same content as validation shard {v}: training on "
                                 "the validation split would make the score meaningless")
+
+
+def check_val_split(val: Dataset) -> None:
+    """Refuse validation data that its manifest assigns to the training split."""
+    for f in val.files:
+        if val.splits.get(f.resolve()) == "train":
+            raise DataError(f"shard {f} is a training shard (its manifest says so) but data.val_glob "
+                            f"{val.pattern!r} matches it; point data.val_glob at the val shards")
 
 
 def _content_sha(path: Path, data: Dataset) -> str:
